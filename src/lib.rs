@@ -1,0 +1,23 @@
+//! `macula_dht`: the sans-IO engine of Macula's Kademlia DHT for service discovery.
+//!
+//! No I/O, no clock, no threads: callers pass time in as `now_ms` and drive everything. The same
+//! engine runs inside the BEAM (through the NIF in `native/`) and in native nodes, so storage,
+//! routing and the wire format exist exactly once.
+//!
+//! - [`id`]: node ids, XOR distance, bucket index.
+//! - [`etf`]: a bounded, non-recursive reader of Erlang's External Term Format.
+//! - [`provider`]: a provider record located in its ETF bytes (`node_id`, `ttl`).
+//! - [`store`]: the provider store (upsert, removal, TTL expiry, caps).
+//! - [`table`]: the k-bucket routing table with exact closest-node queries.
+
+pub mod etf;
+pub mod id;
+pub mod provider;
+pub mod store;
+pub mod table;
+
+pub use etf::EtfError;
+pub use id::{Distance, NodeId, ID_LEN};
+pub use provider::{ProviderError, ProviderRecord};
+pub use store::{ProviderStore, StoreError, StoreLimits, StoreStats, Upserted};
+pub use table::{Inserted, RoutingTable, TableConfig};

@@ -1,0 +1,641 @@
+//! The provider store: what this node holds for each DHT key.
+//!
+//! Every local or network write of a provider lands here through [`ProviderStore::upsert`], and
+//! every read comes from here, so the contract's rules live in one place: multi-provider upsert
+//! order, per-record TTL expiry, and hard caps that refuse a write whole instead of growing
+//! without bound. The packed memory layout is in `entry.rs`, the expiry index in `expiry.rs`.
+
+mod entry;
+mod expiry;
+
+use std::hash::{BuildHasher, RandomState};
+
+use hashbrown::hash_table::OccupiedEntry;
+use hashbrown::HashTable;
+
+use crate::etf;
+use crate::provider::{ProviderError, ProviderRecord};
+use entry::{KeyEntry, NewRecord, Purged, Upsert};
+use expiry::ExpiryIndex;
+
+/// Hard caps and TTL policy of a [`ProviderStore`].
+#[derive(Debug, Clone)]
+pub struct StoreLimits {
+    pub max_keys: usize,
+    pub max_providers_per_key: usize,
+    /// Longest provider term, in bytes without the version byte (at most 16 MiB - 1 whatever is
+    /// configured: the packed layout's cap).
+    pub max_record_bytes: usize,
+    /// Longest key (at most 65 535 whatever is configured: the packed layout's cap).
+    pub max_key_bytes: usize,
+    /// TTL of a provider without `ttl`.
+    pub default_ttl_secs: u32,
+    /// Longest TTL applied; larger `ttl` values are clamped.
+    pub max_ttl_secs: u32,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits {
+            max_keys: 1_000_000,
+            max_providers_per_key: 1_000,
+            max_record_bytes: 65_536,
+            max_key_bytes: 1_024,
+            default_ttl_secs: 300,
+            max_ttl_secs: 86_400,
+        }
+    }
+}
+
+/// Why an upsert was refused. A refused upsert changes no stored provider.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("key of {len} bytes exceeds {max}")]
+    KeyTooLarge { len: usize, max: usize },
+    #[error("provider of {len} bytes exceeds {max}")]
+    RecordTooLarge { len: usize, max: usize },
+    #[error("store already holds {max} keys")]
+    TooManyKeys { max: usize },
+    #[error("key already holds {max} providers")]
+    TooManyProviders { max: usize },
+    #[error("invalid provider: {0}")]
+    InvalidProvider(#[from] ProviderError),
+}
+
+/// What an accepted upsert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upserted {
+    Inserted,
+    Replaced,
+}
+
+/// Counters of a [`ProviderStore`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub keys: usize,
+    /// Records held, including expired ones not yet purged.
+    pub records: usize,
+    /// Key and term bytes held.
+    pub bytes: usize,
+    /// Records ever removed because they expired.
+    pub expired: u64,
+    /// Upserts ever refused by a limit.
+    pub rejected: u64,
+    /// Entries in the expiry index, stale ones included.
+    pub expiry_index: usize,
+    /// Expiry index entries ever popped: the work [`ProviderStore::expire`] has done.
+    pub expiry_pops: u64,
+}
+
+/// DHT key -> providers, with TTL expiry and caps. Time is an argument (`now_ms`): the store
+/// has no clock.
+#[derive(Debug)]
+pub struct ProviderStore {
+    limits: StoreLimits,
+    entries: HashTable<KeyEntry>,
+    // Keys can come from untrusted peers: a keyed hash keeps collisions out of their reach.
+    hasher: RandomState,
+    expiry: ExpiryIndex,
+    counts: Counts,
+}
+
+impl ProviderStore {
+    pub fn new(limits: StoreLimits) -> Self {
+        ProviderStore {
+            limits,
+            entries: HashTable::new(),
+            hasher: RandomState::new(),
+            expiry: ExpiryIndex::default(),
+            counts: Counts::default(),
+        }
+    }
+
+    pub fn limits(&self) -> &StoreLimits {
+        &self.limits
+    }
+
+    /// Multi-provider upsert (contract order): a provider whose node_id equals a stored
+    /// provider's node_id under `key` replaces it in place (keeping its position); otherwise the
+    /// new provider goes first. A provider without node_id is always added (first). Expiry is
+    /// `now + min(ttl or default_ttl, max_ttl)` seconds; a replace refreshes it.
+    ///
+    /// Limits: key length and term length are always checked; `max_keys` only when the key is new;
+    /// `max_providers_per_key` only when adding, never for a replace. Expired records are treated
+    /// as gone: those under `key` are purged first, and when the store is at `max_keys` expired
+    /// records everywhere are purged before a new key is refused. A refused upsert changes no
+    /// live provider.
+    pub fn upsert(&mut self, key: &[u8], etf: &[u8], now_ms: u64) -> Result<Upserted, StoreError> {
+        let result = self.try_upsert(key, etf, now_ms);
+        if let Err(e) = &result {
+            if !matches!(e, StoreError::InvalidProvider(_)) {
+                self.counts.rejected += 1;
+            }
+        }
+        self.compact_index();
+        result
+    }
+
+    /// Removes the provider with that node_id under key (live or expired); the key disappears
+    /// when its last provider goes. Returns whether something was removed.
+    pub fn remove(&mut self, key: &[u8], node_id: &[u8]) -> bool {
+        let hash = self.hasher.hash_one(key);
+        let Ok(mut slot) = self.entries.find_entry(hash, |e| e.key() == key) else {
+            return false;
+        };
+        let Some(term_len) = slot.get_mut().remove(node_id) else {
+            return false;
+        };
+        self.counts.records -= 1;
+        self.counts.bytes -= term_len;
+        if slot.get().is_empty() {
+            let (gone, _) = slot.remove();
+            self.counts.bytes -= gone.key().len();
+        }
+        self.compact_index();
+        true
+    }
+
+    /// Live providers (`expires_at > now`) under key in stored order, as term bytes without the
+    /// version byte; empty when the key is absent.
+    pub fn providers(&self, key: &[u8], now_ms: u64) -> impl Iterator<Item = &[u8]> + '_ {
+        self.entry(key)
+            .into_iter()
+            .flat_map(KeyEntry::records)
+            .filter(move |r| r.expires_at > now_ms)
+            .map(|r| r.term)
+    }
+
+    /// Appends the live providers of key to `out` as one versioned ETF list and returns how many
+    /// there are (0 when none is live or the key is absent; then the empty list is appended).
+    pub fn write_list(&self, key: &[u8], now_ms: u64, out: &mut Vec<u8>) -> usize {
+        let mut count = 0;
+        etf::write_list(self.providers(key, now_ms).inspect(|_| count += 1), out);
+        count
+    }
+
+    /// Removes every record with `expires_at <= now`; returns how many. The work is proportional
+    /// to the keys that have something due, not to the size of the store.
+    pub fn expire(&mut self, now_ms: u64) -> usize {
+        let before = self.counts.expired;
+        while let Some((at, hash)) = self.expiry.pop_due(now_ms) {
+            let hasher = &self.hasher;
+            // Only the key scheduled at exactly this time owns this index entry; otherwise the
+            // entry is stale (its key was removed or rescheduled).
+            let owner = |e: &KeyEntry| e.scheduled() == at && hasher.hash_one(e.key()) == hash;
+            if let Ok(slot) = self.entries.find_entry(hash, owner) {
+                purge(slot, hash, now_ms, &mut self.expiry, &mut self.counts);
+            }
+        }
+        self.compact_index();
+        // Bounded by the number of records held.
+        (self.counts.expired - before) as usize
+    }
+
+    /// Every key held, including keys whose records have all expired but are not yet purged.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.entries.iter().map(KeyEntry::key)
+    }
+
+    pub fn contains_key(&self, key: &[u8]) -> bool {
+        self.entry(key).is_some()
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            keys: self.entries.len(),
+            records: self.counts.records,
+            bytes: self.counts.bytes,
+            expired: self.counts.expired,
+            rejected: self.counts.rejected,
+            expiry_index: self.expiry.len(),
+            expiry_pops: self.expiry.pops(),
+        }
+    }
+
+    fn try_upsert(&mut self, key: &[u8], etf: &[u8], now_ms: u64) -> Result<Upserted, StoreError> {
+        let max_key = self.limits.max_key_bytes.min(entry::MAX_KEY);
+        if key.len() > max_key {
+            return Err(StoreError::KeyTooLarge {
+                len: key.len(),
+                max: max_key,
+            });
+        }
+        // Checked before parsing so that an oversized value costs nothing; the version byte is
+        // not stored.
+        let term_len = etf.len().saturating_sub(1);
+        let max_term = self.limits.max_record_bytes.min(entry::MAX_TERM);
+        let too_large = StoreError::RecordTooLarge {
+            len: term_len,
+            max: max_term,
+        };
+        if term_len > max_term {
+            return Err(too_large);
+        }
+        let provider = ProviderRecord::parse(etf)?;
+        let ttl = provider.ttl_secs().unwrap_or(self.limits.default_ttl_secs);
+        let ttl_ms = u64::from(ttl.min(self.limits.max_ttl_secs)) * 1000;
+        let record = NewRecord::new(&provider, now_ms.saturating_add(ttl_ms)).ok_or(too_large)?;
+
+        let hash = self.hasher.hash_one(key);
+        let existing = match self.entries.find_entry(hash, |e| e.key() == key) {
+            // Expired records under the key count as gone: purge them before they can take room
+            // or be "replaced in place" as if live.
+            Ok(slot) if slot.get().scheduled() <= now_ms => {
+                purge(slot, hash, now_ms, &mut self.expiry, &mut self.counts)
+            }
+            Ok(slot) => Some(slot.into_mut()),
+            Err(_) => None,
+        };
+        let Some(entry) = existing else {
+            return self.insert_key(key, hash, &record, now_ms);
+        };
+        let upserted = match entry.upsert(&record, self.limits.max_providers_per_key) {
+            Upsert::Replaced { old_term_len } => {
+                self.counts.bytes = self.counts.bytes - old_term_len + term_len;
+                Upserted::Replaced
+            }
+            Upsert::Inserted => {
+                self.counts.records += 1;
+                self.counts.bytes += term_len;
+                Upserted::Inserted
+            }
+            Upsert::Full => {
+                let max = self.limits.max_providers_per_key;
+                return Err(StoreError::TooManyProviders { max });
+            }
+        };
+        if record.expires_at() < entry.scheduled() {
+            entry.set_scheduled(record.expires_at());
+            self.expiry.push(record.expires_at(), hash);
+        }
+        Ok(upserted)
+    }
+
+    fn insert_key(
+        &mut self,
+        key: &[u8],
+        hash: u64,
+        record: &NewRecord,
+        now_ms: u64,
+    ) -> Result<Upserted, StoreError> {
+        if self.limits.max_providers_per_key == 0 {
+            return Err(StoreError::TooManyProviders { max: 0 });
+        }
+        if self.entries.len() >= self.limits.max_keys {
+            // Keys whose records all expired still take room until purged.
+            self.expire(now_ms);
+            if self.entries.len() >= self.limits.max_keys {
+                return Err(StoreError::TooManyKeys {
+                    max: self.limits.max_keys,
+                });
+            }
+        }
+        let entry = KeyEntry::new(key, record).ok_or(StoreError::KeyTooLarge {
+            len: key.len(),
+            max: entry::MAX_KEY,
+        })?;
+        let term_len = record.term_len();
+        let hasher = &self.hasher;
+        self.entries
+            .insert_unique(hash, entry, |e| hasher.hash_one(e.key()));
+        self.expiry.push(record.expires_at(), hash);
+        self.counts.records += 1;
+        self.counts.bytes += key.len() + term_len;
+        Ok(Upserted::Inserted)
+    }
+
+    fn entry(&self, key: &[u8]) -> Option<&KeyEntry> {
+        self.entries
+            .find(self.hasher.hash_one(key), |e| e.key() == key)
+    }
+
+    fn compact_index(&mut self) {
+        let (entries, hasher) = (&self.entries, &self.hasher);
+        self.expiry.compact(entries.len(), || {
+            entries
+                .iter()
+                .map(|e| (e.scheduled(), hasher.hash_one(e.key())))
+        });
+    }
+}
+
+/// Running totals behind [`StoreStats`].
+#[derive(Debug, Default)]
+struct Counts {
+    records: usize,
+    bytes: usize,
+    expired: u64,
+    rejected: u64,
+}
+
+/// Purges the expired records of one key and reschedules it, or removes the key when nothing is
+/// left. Returns the key's entry if it still exists. (A function rather than a method: the caller
+/// holds `slot`, a borrow of the entries, alongside the other fields.)
+fn purge<'t>(
+    mut slot: OccupiedEntry<'t, KeyEntry>,
+    hash: u64,
+    now_ms: u64,
+    expiry: &mut ExpiryIndex,
+    counts: &mut Counts,
+) -> Option<&'t mut KeyEntry> {
+    let Purged {
+        records,
+        term_bytes,
+        next_expiry,
+    } = slot.get_mut().purge_expired(now_ms);
+    counts.records -= records;
+    counts.bytes -= term_bytes;
+    counts.expired += records as u64;
+    match next_expiry {
+        Some(at) => {
+            let entry = slot.into_mut();
+            entry.set_scheduled(at);
+            expiry.push(at, hash);
+            Some(entry)
+        }
+        None => {
+            let (gone, _) = slot.remove();
+            counts.bytes -= gone.key().len();
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "../tests/engine_support/mod.rs"]
+mod support;
+
+#[cfg(test)]
+mod tests {
+    use super::support::{provider, Term};
+    use super::*;
+
+    const S: u64 = 1000;
+
+    fn with_ttl(node_id: &str, ttl: i64) -> Vec<u8> {
+        provider(Some(node_id.as_bytes()), Some(ttl), &[])
+    }
+
+    fn node_ids(store: &ProviderStore, key: &[u8], now: u64) -> Vec<Vec<u8>> {
+        store
+            .providers(key, now)
+            .map(|t| {
+                let etf = [&[etf::VERSION][..], t].concat();
+                ProviderRecord::parse(&etf)
+                    .unwrap()
+                    .node_id()
+                    .unwrap()
+                    .to_vec()
+            })
+            .collect()
+    }
+
+    fn ids(names: &[&str]) -> Vec<Vec<u8>> {
+        names.iter().map(|n| n.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn new_providers_go_first_and_replacements_keep_their_place() {
+        let mut s = ProviderStore::new(StoreLimits::default());
+        for id in ["a", "b", "c"] {
+            assert_eq!(s.upsert(b"k", &with_ttl(id, 60), 0), Ok(Upserted::Inserted));
+        }
+        assert_eq!(node_ids(&s, b"k", 0), ids(&["c", "b", "a"]));
+        let longer = provider(Some(b"b"), Some(60), &[("extra", Term::Bin(b"xyz"))]);
+        assert_eq!(s.upsert(b"k", &longer, 0), Ok(Upserted::Replaced));
+        assert_eq!(node_ids(&s, b"k", 0), ids(&["c", "b", "a"]));
+        assert_eq!(s.providers(b"k", 0).nth(1), Some(&longer[1..]));
+        assert_eq!(s.stats().records, 3);
+        let anon = provider(None, None, &[]);
+        assert_eq!(s.upsert(b"k", &anon, 0), Ok(Upserted::Inserted));
+        assert_eq!(s.upsert(b"k", &anon, 0), Ok(Upserted::Inserted));
+        assert_eq!(s.providers(b"k", 0).count(), 5);
+        assert_eq!(s.providers(b"k", 0).next(), Some(&anon[1..]));
+    }
+
+    #[test]
+    fn atom_and_binary_node_id_keys_are_one_provider() {
+        let mut s = ProviderStore::new(StoreLimits::default());
+        let atom_keyed = provider(Some(b"n1"), None, &[]);
+        let mut binary_keyed = vec![131, 116, 0, 0, 0, 1, 109, 0, 0, 0, 7];
+        binary_keyed.extend(b"node_id");
+        binary_keyed.extend([109, 0, 0, 0, 2, b'n', b'1']);
+        assert_eq!(s.upsert(b"k", &atom_keyed, 0), Ok(Upserted::Inserted));
+        assert_eq!(s.upsert(b"k", &binary_keyed, 0), Ok(Upserted::Replaced));
+        assert_eq!(
+            s.providers(b"k", 0).collect::<Vec<_>>(),
+            vec![&binary_keyed[1..]]
+        );
+    }
+
+    #[test]
+    fn ttl_default_and_clamp() {
+        let limits = StoreLimits {
+            default_ttl_secs: 10,
+            max_ttl_secs: 100,
+            ..Default::default()
+        };
+        let mut s = ProviderStore::new(limits);
+        s.upsert(b"default", &provider(Some(b"a"), None, &[]), 0)
+            .unwrap();
+        s.upsert(b"own", &with_ttl("a", 50), 0).unwrap();
+        s.upsert(b"clamped", &with_ttl("a", 1_000_000), 0).unwrap();
+        let live = |s: &ProviderStore, now| {
+            ["default", "own", "clamped"].map(|k| s.providers(k.as_bytes(), now).count())
+        };
+        assert_eq!(live(&s, 10 * S - 1), [1, 1, 1]);
+        assert_eq!(live(&s, 10 * S), [0, 1, 1]);
+        assert_eq!(live(&s, 50 * S), [0, 0, 1]);
+        assert_eq!(live(&s, 100 * S), [0, 0, 0]);
+    }
+
+    #[test]
+    fn replace_refreshes_expiry() {
+        let mut s = ProviderStore::new(StoreLimits::default());
+        s.upsert(b"k", &with_ttl("a", 10), 0).unwrap();
+        s.upsert(b"k", &with_ttl("a", 10), 8 * S).unwrap();
+        assert_eq!(s.expire(12 * S), 0);
+        assert_eq!(node_ids(&s, b"k", 12 * S), ids(&["a"]));
+        assert_eq!(s.expire(18 * S), 1);
+        assert!(!s.contains_key(b"k"));
+    }
+
+    #[test]
+    fn expiry_removes_exactly_the_expired_and_scans_nothing_else() {
+        let mut s = ProviderStore::new(StoreLimits::default());
+        for i in 0..10_000u32 {
+            s.upsert(&i.to_be_bytes(), &with_ttl("long", 1000), 0)
+                .unwrap();
+        }
+        for i in 0..10u32 {
+            s.upsert(&i.to_be_bytes(), &with_ttl("short", 5), 0)
+                .unwrap();
+            s.upsert(format!("gone{i}").as_bytes(), &with_ttl("short", 5), 0)
+                .unwrap();
+        }
+        let before = s.stats();
+        assert_eq!(s.expire(5 * S - 1), 0);
+        assert_eq!(s.expire(5 * S), 20);
+        let after = s.stats();
+        assert!(after.expiry_pops - before.expiry_pops <= 30, "{after:?}");
+        assert_eq!(
+            (after.keys, after.records, after.expired),
+            (10_000, 10_000, 20)
+        );
+        assert_eq!(node_ids(&s, &3u32.to_be_bytes(), 5 * S), ids(&["long"]));
+        assert!(!s.contains_key(b"gone3"));
+        assert_eq!(s.expire(1000 * S), 10_000);
+        assert_eq!(
+            s.stats(),
+            StoreStats {
+                expired: 10_020,
+                expiry_pops: s.stats().expiry_pops,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn key_vanishes_after_last_removal() {
+        let mut s = ProviderStore::new(StoreLimits::default());
+        s.upsert(b"k", &with_ttl("a", 10), 0).unwrap();
+        s.upsert(b"k", &with_ttl("b", 10), 0).unwrap();
+        assert!(!s.remove(b"k", b"zzz"));
+        assert!(!s.remove(b"nokey", b"a"));
+        assert!(s.remove(b"k", b"a"));
+        assert_eq!(s.keys().collect::<Vec<_>>(), vec![&b"k"[..]]);
+        assert!(s.remove(b"k", b"b"));
+        assert!(!s.contains_key(b"k"));
+        assert_eq!(s.keys().count(), 0);
+        assert_eq!(s.stats().bytes, 0);
+        // The stale index entry of the removed key is skipped.
+        assert_eq!(s.expire(u64::MAX), 0);
+    }
+
+    #[test]
+    fn each_limit_refuses_and_changes_nothing() {
+        let limits = StoreLimits {
+            max_keys: 2,
+            max_providers_per_key: 2,
+            max_record_bytes: 64,
+            max_key_bytes: 4,
+            ..Default::default()
+        };
+        let mut s = ProviderStore::new(limits);
+        s.upsert(b"k1", &with_ttl("a", 10), 0).unwrap();
+        s.upsert(b"k1", &with_ttl("b", 10), 0).unwrap();
+        s.upsert(b"k2", &with_ttl("a", 10), 0).unwrap();
+        let stats = s.stats();
+        let big = provider(Some(b"c"), None, &[("pad", Term::Bin(&[0; 40]))]);
+        let cases = [
+            (
+                &b"k3"[..],
+                with_ttl("a", 10),
+                StoreError::TooManyKeys { max: 2 },
+            ),
+            (
+                b"k1",
+                with_ttl("c", 10),
+                StoreError::TooManyProviders { max: 2 },
+            ),
+            (
+                b"k2",
+                big.clone(),
+                StoreError::RecordTooLarge {
+                    len: big.len() - 1,
+                    max: 64,
+                },
+            ),
+            (
+                b"kkkkk",
+                with_ttl("a", 10),
+                StoreError::KeyTooLarge { len: 5, max: 4 },
+            ),
+        ];
+        for (key, etf, err) in cases {
+            assert_eq!(s.upsert(key, &etf, 0), Err(err));
+        }
+        assert_eq!(
+            s.upsert(b"k1", &[131, 106], 0),
+            Err(ProviderError::NotAMap.into())
+        );
+        assert_eq!(
+            s.stats(),
+            StoreStats {
+                rejected: 4,
+                ..stats
+            }
+        );
+        assert_eq!(node_ids(&s, b"k1", 0), ids(&["b", "a"]));
+        // Refreshes of stored providers are accepted at both limits.
+        assert_eq!(
+            s.upsert(b"k1", &with_ttl("a", 20), 0),
+            Ok(Upserted::Replaced)
+        );
+        assert_eq!(
+            s.upsert(b"k2", &with_ttl("a", 20), 0),
+            Ok(Upserted::Replaced)
+        );
+    }
+
+    #[test]
+    fn expired_records_do_not_count_against_limits() {
+        let limits = StoreLimits {
+            max_keys: 1,
+            max_providers_per_key: 1,
+            ..Default::default()
+        };
+        let mut s = ProviderStore::new(limits);
+        s.upsert(b"k1", &with_ttl("a", 1), 0).unwrap();
+        // Same node id, but the stored one expired: it is gone, not replaced.
+        assert_eq!(
+            s.upsert(b"k1", &with_ttl("a", 1), S),
+            Ok(Upserted::Inserted)
+        );
+        assert_eq!(
+            s.upsert(b"k1", &with_ttl("b", 1), 2 * S),
+            Ok(Upserted::Inserted)
+        );
+        assert_eq!(
+            s.upsert(b"k2", &with_ttl("a", 1), 3 * S),
+            Ok(Upserted::Inserted)
+        );
+        assert_eq!(s.keys().collect::<Vec<_>>(), vec![&b"k2"[..]]);
+        assert_eq!(s.stats().expired, 3);
+        assert_eq!(s.stats().records, 1);
+    }
+
+    #[test]
+    fn write_list_appends_live_providers() {
+        let mut s = ProviderStore::new(StoreLimits::default());
+        let mut out = Vec::new();
+        assert_eq!(s.write_list(b"k", 0, &mut out), 0);
+        assert_eq!(out, [131, 106]);
+        let (a, b) = (with_ttl("a", 1), with_ttl("b", 10));
+        s.upsert(b"k", &a, 0).unwrap();
+        s.upsert(b"k", &b, 0).unwrap();
+        out.clear();
+        assert_eq!(s.write_list(b"k", 0, &mut out), 2);
+        let expected = [&[131, 108, 0, 0, 0, 2][..], &b[1..], &a[1..], &[106]].concat();
+        assert_eq!(out, expected);
+        out.clear();
+        assert_eq!(s.write_list(b"k", S, &mut out), 1);
+        assert_eq!(out, [&[131, 108, 0, 0, 0, 1][..], &b[1..], &[106]].concat());
+    }
+
+    #[test]
+    fn expiry_index_stays_bounded_under_churn() {
+        let mut s = ProviderStore::new(StoreLimits::default());
+        for round in 0..200u64 {
+            for k in 0..10u8 {
+                s.upsert(&[k], &with_ttl("a", 100), round).unwrap();
+                // A shorter ttl reschedules the key earlier, leaving a stale index entry.
+                s.upsert(&[k], &with_ttl("a", 1 + (200 - round as i64)), round)
+                    .unwrap();
+            }
+            s.remove(&[0], b"a");
+        }
+        assert!(s.stats().expiry_index <= 3 * 10 + 64 + 1, "{:?}", s.stats());
+        assert_eq!(s.expire(u64::MAX), 9);
+    }
+}
