@@ -1,0 +1,40 @@
+# The two commands of the README: `make demo` and `make test`. Both install what is missing.
+SHELL := /bin/bash
+ERLANG_DIR := erlang
+REBAR := cd $(ERLANG_DIR) && rebar3
+ERL_LIBS_DIR := $(CURDIR)/$(ERLANG_DIR)/_build/default/lib
+BENCH_DIR := $(CURDIR)/target/bench
+
+.PHONY: all deps build test test-rust test-erlang demo bench bench-engine bench-erlang clean
+
+all: build
+
+deps:
+	@./scripts/install-deps.sh
+
+build: deps
+	$(REBAR) compile
+
+test: deps test-rust test-erlang
+
+test-rust:
+	cargo test --workspace
+
+test-erlang: deps
+	$(REBAR) eunit
+
+demo: build
+	@./scripts/demo.sh
+
+bench: bench-engine bench-erlang
+
+bench-engine:
+	cargo bench -p macula_dht --bench engine
+
+bench-erlang: build
+	@mkdir -p $(BENCH_DIR)
+	./benches/erlang/run.sh $(ERL_LIBS_DIR) $(BENCH_DIR)
+
+clean:
+	cargo clean
+	rm -rf $(ERLANG_DIR)/_build $(ERLANG_DIR)/priv

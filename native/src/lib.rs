@@ -1,0 +1,263 @@
+//! The Rustler NIF `macula_dht_nif`: the engine's store and routing table inside a BEAM node.
+//!
+//! Every function runs on the caller's normal scheduler and returns in microseconds, except the
+//! two that walk a whole structure (`store_keys`, `table_buckets`), which go to a dirty scheduler.
+//! No argument can crash the VM: types are checked here and bad input comes back as
+//! `{error, Reason}`; a panic is turned into an Erlang exception by rustler.
+
+mod alloc;
+mod node;
+mod reply;
+
+use std::cell::RefCell;
+
+use macula_dht::store::StoreLimits;
+use macula_dht::table::TableConfig;
+use macula_dht::{etf, NodeId};
+use rustler::{Binary, Encoder, Env, LocalPid, NifResult, ResourceArc, Term};
+
+use node::{unix_ms, Node};
+use reply::atoms;
+
+#[global_allocator]
+static ALLOCATOR: alloc::CountingAllocator = alloc::CountingAllocator;
+
+/// Largest NodeInfo map kept in the routing table, in ETF bytes.
+const MAX_NODE_INFO_BYTES: usize = 4096;
+/// Reply buffers larger than this are not kept between calls.
+const MAX_KEPT_BUFFER: usize = 1 << 20;
+
+thread_local! {
+    /// One reusable buffer per scheduler thread for the ETF list a read hands to `binary_to_term`.
+    static REPLY_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+rustler::init!("macula_dht_nif");
+
+/// Creates a node owned by the calling process: when that process dies the handle is closed.
+#[rustler::nif]
+fn new<'a>(env: Env<'a>, local_id: Binary<'a>, config: Term<'a>) -> NifResult<Term<'a>> {
+    let table = TableConfig {
+        k: field(config, atoms::k())?,
+        replacements: field(config, atoms::replacements())?,
+    };
+    let limits = StoreLimits {
+        max_keys: field(config, atoms::max_keys())?,
+        max_providers_per_key: field(config, atoms::max_providers_per_key())?,
+        max_record_bytes: field(config, atoms::max_record_bytes())?,
+        max_key_bytes: field(config, atoms::max_key_bytes())?,
+        default_ttl_secs: field(config, atoms::default_ttl())?,
+        max_ttl_secs: field(config, atoms::max_ttl())?,
+    };
+    let node = ResourceArc::new(Node::new(NodeId::normalize(local_id.as_slice()), table, limits));
+    let owner: LocalPid = env.pid();
+    node.monitor(Some(env), &owner);
+    // Encoded here: a handle is not `RefUnwindSafe`, so rustler will not encode it for us.
+    Ok(node.encode(env))
+}
+
+fn field<'a, T: rustler::Decoder<'a>>(config: Term<'a>, key: rustler::Atom) -> NifResult<T> {
+    config.map_get(key)?.decode()
+}
+
+#[rustler::nif]
+fn close(node: ResourceArc<Node>) -> rustler::Atom {
+    node.close();
+    atoms::ok()
+}
+
+#[rustler::nif]
+fn store_put<'a>(env: Env<'a>, node: ResourceArc<Node>, key: Term<'a>, value: Term<'a>) -> Term<'a> {
+    let Ok(key) = Binary::from_term(key) else {
+        return reply::invalid_key(env);
+    };
+    if !value.is_map() {
+        return reply::error(env, (atoms::invalid_provider(), atoms::not_a_map()));
+    }
+    if node.is_closed() {
+        return atoms::closed().encode(env);
+    }
+    let bytes = value.to_binary();
+    let now = node.now_ms();
+    match node.store.write().upsert(key.as_slice(), bytes.as_slice(), now) {
+        Ok(_) => atoms::ok().encode(env),
+        Err(e) => reply::store_error(env, &e),
+    }
+}
+
+#[rustler::nif]
+fn store_get<'a>(env: Env<'a>, node: ResourceArc<Node>, key: Term<'a>) -> Term<'a> {
+    let Ok(key) = Binary::from_term(key) else {
+        return reply::invalid_key(env);
+    };
+    if node.is_closed() {
+        return atoms::closed().encode(env);
+    }
+    with_reply_buf(|buf| {
+        let found = node.store.read().write_list(key.as_slice(), node.now_ms(), buf);
+        if found == 0 {
+            return atoms::not_found().encode(env);
+        }
+        match decode_list(env, buf) {
+            Some(list) => (atoms::ok(), list).encode(env),
+            None => reply::error(env, atoms::corrupt_record()),
+        }
+    })
+}
+
+#[rustler::nif]
+fn store_delete<'a>(env: Env<'a>, node: ResourceArc<Node>, key: Term<'a>, node_id: Term<'a>) -> Term<'a> {
+    let Ok(key) = Binary::from_term(key) else {
+        return reply::invalid_key(env);
+    };
+    let Ok(node_id) = Binary::from_term(node_id) else {
+        return reply::error(env, (atoms::invalid_node_id(), atoms::not_a_binary()));
+    };
+    if node.is_closed() {
+        return atoms::closed().encode(env);
+    }
+    node.store.write().remove(key.as_slice(), node_id.as_slice());
+    atoms::ok().encode(env)
+}
+
+#[rustler::nif(schedule = "DirtyCpu")]
+fn store_keys<'a>(env: Env<'a>, node: ResourceArc<Node>) -> Term<'a> {
+    let store = node.store.read();
+    let keys: Vec<Term<'a>> = store.keys().map(|k| reply::binary(env, k)).collect();
+    keys.encode(env)
+}
+
+/// Purges expired records; the owner calls it on a timer. Returns how many went.
+#[rustler::nif]
+fn store_expire(node: ResourceArc<Node>) -> usize {
+    let now = node.now_ms();
+    node.store.write().expire(now)
+}
+
+#[rustler::nif]
+fn table_add<'a>(env: Env<'a>, node: ResourceArc<Node>, info: Term<'a>) -> Term<'a> {
+    let raw_id = match node_info_id(info) {
+        Ok(id) => id,
+        Err(reason) => return reply::error(env, (atoms::invalid_node_info(), reason)),
+    };
+    let info = if info.map_get(atoms::last_seen()).is_ok() {
+        Ok(info)
+    } else {
+        info.map_put(atoms::last_seen(), unix_ms())
+    };
+    let Ok(info) = info else {
+        return reply::error(env, (atoms::invalid_node_info(), atoms::not_a_map()));
+    };
+    let bytes = info.to_binary();
+    if bytes.len() > MAX_NODE_INFO_BYTES {
+        return reply::error(env, (atoms::invalid_node_info(), (atoms::too_large(), bytes.len(), MAX_NODE_INFO_BYTES)));
+    }
+    if node.is_closed() {
+        return atoms::closed().encode(env);
+    }
+    // Stored without the version byte so that replies can splice entries into one ETF list.
+    let term: Box<[u8]> = bytes.as_slice().get(1..).unwrap_or_default().into();
+    node.table.write().insert(NodeId::normalize(raw_id.as_slice()), term);
+    atoms::ok().encode(env)
+}
+
+/// The raw `node_id` of a NodeInfo map, under the atom or the binary key.
+fn node_info_id<'a>(info: Term<'a>) -> Result<Binary<'a>, rustler::Atom> {
+    if !info.is_map() {
+        return Err(atoms::not_a_map());
+    }
+    let id = info
+        .map_get(atoms::node_id())
+        .or_else(|_| info.map_get(reply::binary(info.get_env(), b"node_id")))
+        .map_err(|_| atoms::missing_node_id())?;
+    Binary::from_term(id).map_err(|_| atoms::invalid_node_id())
+}
+
+#[rustler::nif]
+fn table_remove<'a>(env: Env<'a>, node: ResourceArc<Node>, node_id: Term<'a>) -> Term<'a> {
+    let Ok(node_id) = Binary::from_term(node_id) else {
+        return reply::error(env, (atoms::invalid_node_id(), atoms::not_a_binary()));
+    };
+    node.table.write().remove(&NodeId::normalize(node_id.as_slice()));
+    atoms::ok().encode(env)
+}
+
+#[rustler::nif]
+fn table_closest<'a>(env: Env<'a>, node: ResourceArc<Node>, target: Term<'a>, count: Term<'a>) -> Term<'a> {
+    let Ok(target) = Binary::from_term(target) else {
+        return reply::error(env, (atoms::invalid_target(), atoms::not_a_binary()));
+    };
+    let Ok(count) = count.decode::<usize>() else {
+        return reply::error(env, (atoms::invalid_count(), count));
+    };
+    if node.is_closed() {
+        return atoms::closed().encode(env);
+    }
+    with_reply_buf(|buf| {
+        let table = node.table.read();
+        let closest = table.closest(&NodeId::normalize(target.as_slice()), count);
+        etf::write_list(closest.iter().map(|(_, info)| &info[..]), buf);
+        drop(table);
+        match decode_list(env, buf) {
+            Some(list) => (atoms::ok(), list).encode(env),
+            None => reply::error(env, atoms::corrupt_record()),
+        }
+    })
+}
+
+#[rustler::nif]
+fn table_size(node: ResourceArc<Node>) -> usize {
+    node.table.read().len()
+}
+
+/// `[{BucketIndex, [NodeInfo]}]`, least recently seen first in each bucket.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn table_buckets<'a>(env: Env<'a>, node: ResourceArc<Node>) -> Term<'a> {
+    let table = node.table.read();
+    let mut buckets = Vec::new();
+    let mut buf = Vec::new();
+    for (index, nodes) in table.buckets() {
+        buf.clear();
+        etf::write_list(nodes.iter().map(|(_, info)| &info[..]), &mut buf);
+        if let Some(list) = decode_list(env, &buf) {
+            buckets.push((index, list).encode(env));
+        }
+    }
+    buckets.encode(env)
+}
+
+#[rustler::nif]
+fn stats<'a>(env: Env<'a>, node: ResourceArc<Node>) -> NifResult<Term<'a>> {
+    let store = node.store.read().stats();
+    let nodes = node.table.read().len();
+    let pairs = [
+        (atoms::keys(), store.keys as u64),
+        (atoms::records(), store.records as u64),
+        (atoms::bytes(), store.bytes as u64),
+        (atoms::expired(), store.expired),
+        (atoms::rejected(), store.rejected),
+        (atoms::nodes(), nodes as u64),
+        (atoms::nif_allocated_bytes(), alloc::heap_bytes() as u64),
+    ];
+    let keys: Vec<Term> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
+    let values: Vec<Term> = pairs.iter().map(|(_, v)| v.encode(env)).collect();
+    Term::map_from_term_arrays(env, &keys, &values)
+}
+
+fn with_reply_buf<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    REPLY_BUF.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        buf.clear();
+        let result = f(&mut buf);
+        if buf.capacity() > MAX_KEPT_BUFFER {
+            *buf = Vec::new();
+        }
+        result
+    })
+}
+
+/// Turns an ETF list written by the engine into terms. `binary_to_term` runs in safe mode:
+/// it never creates an atom, whatever the bytes hold.
+fn decode_list<'a>(env: Env<'a>, buf: &[u8]) -> Option<Term<'a>> {
+    env.binary_to_term(buf).map(|(term, _)| term)
+}

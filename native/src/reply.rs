@@ -1,0 +1,53 @@
+//! The terms the NIF answers with: atoms, error tuples, binaries.
+
+use macula_dht::provider::ProviderError;
+use macula_dht::store::StoreError;
+use rustler::{Encoder, Env, NewBinary, Term};
+
+pub mod atoms {
+    rustler::atoms! {
+        ok, error, not_found, closed, corrupt_record,
+        k, replacements, max_keys, max_providers_per_key, max_record_bytes, max_key_bytes,
+        default_ttl, max_ttl,
+        invalid_key, invalid_provider, invalid_node_id, invalid_node_info, invalid_target,
+        invalid_count, invalid_ttl, not_a_map, not_a_binary, malformed, missing_node_id,
+        too_large, key_too_large, record_too_large, limit,
+        node_id, last_seen,
+        keys, records, bytes, expired, rejected, nodes, nif_allocated_bytes,
+    }
+}
+
+pub fn error<'a>(env: Env<'a>, reason: impl Encoder) -> Term<'a> {
+    (atoms::error(), reason).encode(env)
+}
+
+pub fn invalid_key(env: Env<'_>) -> Term<'_> {
+    error(env, (atoms::invalid_key(), atoms::not_a_binary()))
+}
+
+pub fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    let mut bin = NewBinary::new(env, bytes.len());
+    bin.as_mut_slice().copy_from_slice(bytes);
+    bin.into()
+}
+
+pub fn store_error<'a>(env: Env<'a>, e: &StoreError) -> Term<'a> {
+    match e {
+        StoreError::KeyTooLarge { len, max } => error(env, (atoms::key_too_large(), *len, *max)),
+        StoreError::RecordTooLarge { len, max } => error(env, (atoms::record_too_large(), *len, *max)),
+        StoreError::TooManyKeys { max } => error(env, (atoms::limit(), atoms::max_keys(), *max)),
+        StoreError::TooManyProviders { max } => {
+            error(env, (atoms::limit(), atoms::max_providers_per_key(), *max))
+        }
+        StoreError::InvalidProvider(p) => error(env, (atoms::invalid_provider(), provider_reason(p))),
+    }
+}
+
+fn provider_reason(e: &ProviderError) -> rustler::Atom {
+    match e {
+        ProviderError::NotAMap => atoms::not_a_map(),
+        ProviderError::Malformed(_) => atoms::malformed(),
+        ProviderError::InvalidNodeId => atoms::invalid_node_id(),
+        ProviderError::InvalidTtl => atoms::invalid_ttl(),
+    }
+}

@@ -1,0 +1,14 @@
+#!/bin/sh
+# Installs what the build needs and a fresh machine of this kind lacks: Erlang/OTP and rebar3,
+# from Debian's packages. Rust (cargo) is expected to be there already.
+set -eu
+missing=""
+command -v erl >/dev/null 2>&1 || missing="$missing erlang-nox erlang-dev"
+command -v rebar3 >/dev/null 2>&1 || missing="$missing rebar3"
+[ -n "$missing" ] || exit 0
+command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust first" >&2; exit 1; }
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "installing:$missing"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
