@@ -174,41 +174,40 @@ service_key(ServiceId) when is_binary(ServiceId) ->
 -spec publish_to_dht(dht(), service_id(), map(), seconds(), pos_integer()) ->
           ok | {error, dht_not_available | {invalid_service_id, term()}
                      | {invalid_provider, term()} | {invalid_ttl, term()}}.
-publish_to_dht(Dht, ServiceId, ProviderInfo, TTL, _K) ->
-    Checks = [{is_binary(ServiceId), {invalid_service_id, ServiceId}},
-              {is_map(ProviderInfo), {invalid_provider, ProviderInfo}},
-              {is_integer(TTL) andalso TTL >= 0, {invalid_ttl, TTL}}],
-    Store = fun() ->
-                    Provider = stamp_provider(ProviderInfo, TTL),
-                    macula_routing_server:store(Dht, service_key(ServiceId), Provider)
-            end,
-    validated(Checks, fun() -> with_dht(Dht, Store, {error, dht_not_available}) end).
+publish_to_dht(Dht, ServiceId, ProviderInfo, TTL, _K)
+  when is_binary(ServiceId), is_map(ProviderInfo), is_integer(TTL), TTL >= 0 ->
+    Provider = stamp_provider(ProviderInfo, TTL),
+    Key = service_key(ServiceId),
+    with_dht(Dht, fun() -> macula_routing_server:store(Dht, Key, Provider) end,
+             {error, dht_not_available});
+publish_to_dht(_Dht, ServiceId, ProviderInfo, TTL, _K) ->
+    first_error([{is_binary(ServiceId), {invalid_service_id, ServiceId}},
+                 {is_map(ProviderInfo), {invalid_provider, ProviderInfo}},
+                 {false, {invalid_ttl, TTL}}]).
 
 %% @doc Providers of a service found locally or on the network; `{ok, []}'
 %% when there are none.
 -spec query_dht_for_service(dht(), service_id(), pos_integer()) ->
           {ok, [map()]} | {error, dht_not_available | {invalid_service_id, term()}
                                 | {invalid_k, term()} | term()}.
-query_dht_for_service(Dht, ServiceId, K) ->
-    Checks = [{is_binary(ServiceId), {invalid_service_id, ServiceId}},
-              {is_integer(K) andalso K > 0, {invalid_k, K}}],
-    Query = fun() ->
-                    query_result(macula_routing_server:find_value(Dht, service_key(ServiceId), K))
-            end,
-    validated(Checks, fun() -> with_dht(Dht, Query, {error, dht_not_available}) end).
+query_dht_for_service(Dht, ServiceId, K) when is_binary(ServiceId), is_integer(K), K > 0 ->
+    Key = service_key(ServiceId),
+    with_dht(Dht, fun() -> query_result(macula_routing_server:find_value(Dht, Key, K)) end,
+             {error, dht_not_available});
+query_dht_for_service(_Dht, ServiceId, K) ->
+    first_error([{is_binary(ServiceId), {invalid_service_id, ServiceId}},
+                 {false, {invalid_k, K}}]).
 
 %% @doc Removes this node's provider record of a service from the DHT
 %% process. `ok' also when no DHT is running: there is nothing to remove.
 -spec remove_from_dht(dht(), service_id(), binary()) ->
           ok | {error, {invalid_service_id, term()} | {invalid_node_id, term()}}.
-remove_from_dht(Dht, ServiceId, NodeId) ->
-    Checks = [{is_binary(ServiceId), {invalid_service_id, ServiceId}},
-              {is_binary(NodeId), {invalid_node_id, NodeId}}],
-    Remove = fun() ->
-                     _ = macula_routing_server:delete_local(Dht, service_key(ServiceId), NodeId),
-                     ok
-             end,
-    validated(Checks, fun() -> with_dht(Dht, Remove, ok) end).
+remove_from_dht(Dht, ServiceId, NodeId) when is_binary(ServiceId), is_binary(NodeId) ->
+    Key = service_key(ServiceId),
+    with_dht(Dht, fun() -> _ = macula_routing_server:delete_local(Dht, Key, NodeId), ok end, ok);
+remove_from_dht(_Dht, ServiceId, NodeId) ->
+    first_error([{is_binary(ServiceId), {invalid_service_id, ServiceId}},
+                 {false, {invalid_node_id, NodeId}}]).
 
 %%====================================================================
 %% Internal: entries and tables
@@ -257,10 +256,9 @@ now_ms() ->
 %% Internal: DHT calls
 %%====================================================================
 
-%% Runs Call when every {Valid, Reason} check holds, else the first failure.
-validated([{true, _Reason} | Checks], Call) -> validated(Checks, Call);
-validated([{false, Reason} | _Checks], _Call) -> {error, Reason};
-validated([], Call) -> Call().
+%% The first failing {Valid, Reason} check of arguments the function head refused.
+first_error([{true, _Reason} | Checks]) -> first_error(Checks);
+first_error([{false, Reason} | _Checks]) -> {error, Reason}.
 
 with_dht(Dht, Call, Unavailable) ->
     case is_alive(Dht) of
@@ -294,7 +292,10 @@ is_gone({nodedown, _}) -> true;
 is_gone(_) -> false.
 
 stamp_provider(ProviderInfo, TTL) ->
-    Provider = maps:without([<<"ttl">>, <<"advertised_at">>], ProviderInfo),
+    Provider = case is_map_key(<<"ttl">>, ProviderInfo) orelse is_map_key(<<"advertised_at">>, ProviderInfo) of
+                   true -> maps:without([<<"ttl">>, <<"advertised_at">>], ProviderInfo);
+                   false -> ProviderInfo
+               end,
     Provider#{ttl => TTL, advertised_at => erlang:system_time(second)}.
 
 query_result({ok, Providers}) when is_list(Providers) -> {ok, Providers};
