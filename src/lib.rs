@@ -19,5 +19,5 @@ pub mod table;
 pub use etf::EtfError;
 pub use id::{Distance, NodeId, ID_LEN};
 pub use provider::{ProviderError, ProviderRecord};
-pub use store::{ProviderStore, StoreError, StoreLimits, StoreStats, Upserted};
+pub use store::{Listed, ProviderStore, StoreError, StoreLimits, StoreStats, Upserted};
 pub use table::{Inserted, RoutingTable, TableConfig};

@@ -63,6 +63,15 @@ pub enum StoreError {
 }
 
 /// What an accepted upsert did.
+/// What `ProviderStore::write_list` wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listed {
+    pub count: usize,
+    /// The earliest expiry of the listed records (`u64::MAX` when none): until then, and until the
+    /// next write to the key, the same list would be written again.
+    pub valid_until_ms: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upserted {
     Inserted,
@@ -165,12 +174,21 @@ impl ProviderStore {
             .map(|r| r.term)
     }
 
-    /// Appends the live providers of key to `out` as one versioned ETF list and returns how many
-    /// there are (0 when none is live or the key is absent; then the empty list is appended).
-    pub fn write_list(&self, key: &[u8], now_ms: u64, out: &mut Vec<u8>) -> usize {
-        let mut count = 0;
-        etf::write_list(self.providers(key, now_ms).inspect(|_| count += 1), out);
-        count
+    /// Appends the live providers of key to `out` as one versioned ETF list (the empty list when
+    /// none is live or the key is absent) and says how many there are and until when that list
+    /// stays true without a write: the earliest expiry among them.
+    pub fn write_list(&self, key: &[u8], now_ms: u64, out: &mut Vec<u8>) -> Listed {
+        let mut listed = Listed { count: 0, valid_until_ms: u64::MAX };
+        let live = self.entry(key).into_iter().flat_map(KeyEntry::records).filter(|r| r.expires_at > now_ms);
+        etf::write_list(
+            live.map(|r| {
+                listed.count += 1;
+                listed.valid_until_ms = listed.valid_until_ms.min(r.expires_at);
+                r.term
+            }),
+            out,
+        );
+        listed
     }
 
     /// Removes every record with `expires_at <= now`; returns how many. The work is proportional
@@ -609,17 +627,18 @@ mod tests {
     fn write_list_appends_live_providers() {
         let mut s = ProviderStore::new(StoreLimits::default());
         let mut out = Vec::new();
-        assert_eq!(s.write_list(b"k", 0, &mut out), 0);
+        assert_eq!(s.write_list(b"k", 0, &mut out), Listed { count: 0, valid_until_ms: u64::MAX });
         assert_eq!(out, [131, 106]);
         let (a, b) = (with_ttl("a", 1), with_ttl("b", 10));
         s.upsert(b"k", &a, 0).unwrap();
         s.upsert(b"k", &b, 0).unwrap();
         out.clear();
-        assert_eq!(s.write_list(b"k", 0, &mut out), 2);
+        // valid until the first of the two expires (ttl 1 s)
+        assert_eq!(s.write_list(b"k", 0, &mut out), Listed { count: 2, valid_until_ms: S });
         let expected = [&[131, 108, 0, 0, 0, 2][..], &b[1..], &a[1..], &[106]].concat();
         assert_eq!(out, expected);
         out.clear();
-        assert_eq!(s.write_list(b"k", S, &mut out), 1);
+        assert_eq!(s.write_list(b"k", S, &mut out), Listed { count: 1, valid_until_ms: 10 * S });
         assert_eq!(out, [&[131, 108, 0, 0, 0, 1][..], &b[1..], &[106]].concat());
     }
 

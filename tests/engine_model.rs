@@ -228,7 +228,11 @@ impl StoreModel {
             let live: Vec<Vec<u8>> = store.providers(&key, now).map(<[u8]>::to_vec).collect();
             prop_assert_eq!(&live, &self.providers(&key, now), "key {}", k);
             let mut list = Vec::new();
-            prop_assert_eq!(store.write_list(&key, now, &mut list), live.len());
+            let listed = store.write_list(&key, now, &mut list);
+            prop_assert_eq!(listed.count, live.len());
+            let earliest = self.position(&key).into_iter().flat_map(|i| &self.keys[i].1)
+                .map(|r| r.2).filter(|&at| at > now).min().unwrap_or(u64::MAX);
+            prop_assert_eq!(listed.valid_until_ms, earliest);
             prop_assert_eq!(store.contains_key(&key), self.position(&key).is_some());
         }
         let keys: BTreeSet<Vec<u8>> = store.keys().map(<[u8]>::to_vec).collect();

@@ -18,6 +18,7 @@
                     max_key_bytes := pos_integer(),
                     default_ttl := pos_integer(),
                     max_ttl := pos_integer(),
+                    read_cache := non_neg_integer(),
                     expire_interval_ms := pos_integer()}.
 
 %% Upper bounds keep a typo from asking for absurd memory or timers.
@@ -32,6 +33,8 @@
     {max_key_bytes, 1024, 1, 65536},
     {default_ttl, 300, 1, 31536000},
     {max_ttl, 86400, 1, 31536000},
+    %% keys whose decoded provider lists are kept for fast repeated reads (0 = none)
+    {read_cache, 1024, 0, 1000000},
     {expire_interval_ms, 1000, 10, 3600000}
 ]).
 

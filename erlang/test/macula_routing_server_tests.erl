@@ -34,6 +34,7 @@ server_test_() ->
         fun provider_without_node_id_is_always_added/1,
         fun values_come_back_exactly/1,
         fun store_is_an_upsert/1,
+        fun hot_reads_see_every_write/1,
         fun delete_local/1,
         fun get_all_keys/1,
         fun find_value/1,
@@ -197,6 +198,23 @@ store_is_an_upsert(Pid) ->
     ok = macula_routing_server:store(Pid, ?KEY, provider(<<"n1">>)),
     ok = macula_routing_server:store(Pid, ?KEY, provider(<<"n1">>, #{x => 1})),
     ?assertEqual({ok, [provider(<<"n1">>, #{x => 1})]}, macula_routing_server:get_local(Pid, ?KEY)).
+
+%% Repeated reads of a key are served from decoded copies; every write must still show.
+hot_reads_see_every_write(Pid) ->
+    S = macula_routing_server,
+    Read = fun() -> [S:get_local(Pid, ?KEY) || _ <- lists:seq(1, 5)] end,
+    P1 = provider(<<"n1">>), P2 = provider(<<"n2">>), P2b = provider(<<"n2">>, #{v => 2}),
+    ok = S:store_local(Pid, ?KEY, P1),
+    ?assertEqual(lists:duplicate(5, {ok, [P1]}), Read()),
+    ok = S:store_local(Pid, ?KEY, P2),
+    ?assertEqual(lists:duplicate(5, {ok, [P2, P1]}), Read()),
+    ok = S:store_local(Pid, ?KEY, P2b),
+    ?assertEqual(lists:duplicate(5, {ok, [P2b, P1]}), Read()),
+    ok = gen_server:call(Pid, {delete_local, ?KEY, <<"n1">>}),
+    ?assertEqual(lists:duplicate(5, {ok, [P2b]}), Read()),
+    ?assertEqual({ok, [P2b]}, S:find_value_local(?KEY, 20)),
+    ok = S:delete_local(Pid, ?KEY, <<"n2">>),
+    ?assertEqual(lists:duplicate(5, not_found), Read()).
 
 delete_local(Pid) ->
     P1 = provider(<<"n1">>), P2 = provider(<<"n2">>),
@@ -396,8 +414,12 @@ expiry(Pid) ->
     ok = S:store_local(Pid, <<"short">>, provider(<<"kept">>, #{ttl => 60})),
     ok = S:store_local(Pid, <<"default">>, provider(<<"n2">>)),
     ok = S:store_local(Pid, <<"refreshed">>, provider(<<"n3">>, #{ttl => 1})),
+    %% read often enough to be served from decoded copies, which must not outlive a record
+    HotReads = fun() -> [S:get_local(Pid, K) || K <- [<<"short">>, <<"default">>], _ <- [1, 2, 3]] end,
+    _ = HotReads(),
     timer:sleep(600),
     ok = S:store_local(Pid, <<"refreshed">>, provider(<<"n3">>, #{ttl => 1})),
+    _ = HotReads(),
     timer:sleep(600),
     %% each record went ttl seconds after it was last stored
     ?assertEqual({ok, [provider(<<"kept">>, #{ttl => 60})]}, S:get_local(Pid, <<"short">>)),

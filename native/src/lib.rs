@@ -7,6 +7,7 @@
 
 mod alloc;
 mod node;
+mod read_cache;
 mod reply;
 
 use std::cell::RefCell;
@@ -49,7 +50,8 @@ fn new<'a>(env: Env<'a>, local_id: Binary<'a>, config: Term<'a>) -> NifResult<Te
         default_ttl_secs: field(config, atoms::default_ttl())?,
         max_ttl_secs: field(config, atoms::max_ttl())?,
     };
-    let node = ResourceArc::new(Node::new(NodeId::normalize(local_id.as_slice()), table, limits));
+    let read_cache = field(config, atoms::read_cache())?;
+    let node = ResourceArc::new(Node::new(NodeId::normalize(local_id.as_slice()), table, limits, read_cache));
     let owner: LocalPid = env.pid();
     node.monitor(Some(env), &owner);
     // Encoded here: a handle is not `RefUnwindSafe`, so rustler will not encode it for us.
@@ -79,8 +81,13 @@ fn store_put<'a>(env: Env<'a>, node: ResourceArc<Node>, key: Term<'a>, value: Te
     }
     let bytes = value.to_binary();
     let now = node.now_ms();
-    match node.store.write().upsert(key.as_slice(), bytes.as_slice(), now) {
-        Ok(_) => atoms::ok().encode(env),
+    let mut store = node.store.write();
+    match store.upsert(key.as_slice(), bytes.as_slice(), now) {
+        Ok(_) => {
+            // Still under the store's write lock: no reader can cache the old list after this.
+            node.read_cache.write().invalidate(key.as_slice());
+            atoms::ok().encode(env)
+        }
         Err(e) => reply::store_error(env, &e),
     }
 }
@@ -93,15 +100,22 @@ fn store_get<'a>(env: Env<'a>, node: ResourceArc<Node>, key: Term<'a>) -> Term<'
     if node.is_closed() {
         return atoms::closed().encode(env);
     }
+    let now = node.now_ms();
+    if let Some(list) = node.read_cache.read().get(env, key.as_slice(), now) {
+        return (atoms::ok(), list).encode(env);
+    }
     with_reply_buf(|buf| {
-        let found = node.store.read().write_list(key.as_slice(), node.now_ms(), buf);
-        if found == 0 {
+        let store = node.store.read();
+        let listed = store.write_list(key.as_slice(), now, buf);
+        if listed.count == 0 {
             return atoms::not_found().encode(env);
         }
-        match decode_list(env, buf) {
-            Some(list) => (atoms::ok(), list).encode(env),
-            None => reply::error(env, atoms::corrupt_record()),
-        }
+        let Some(list) = decode_list(env, buf) else {
+            return reply::error(env, atoms::corrupt_record());
+        };
+        // Cached while the store is still read-locked, so no write can slip in between.
+        node.read_cache.write().admit(key.as_slice(), list, listed.valid_until_ms);
+        (atoms::ok(), list).encode(env)
     })
 }
 
@@ -116,7 +130,10 @@ fn store_delete<'a>(env: Env<'a>, node: ResourceArc<Node>, key: Term<'a>, node_i
     if node.is_closed() {
         return atoms::closed().encode(env);
     }
-    node.store.write().remove(key.as_slice(), node_id.as_slice());
+    let mut store = node.store.write();
+    if store.remove(key.as_slice(), node_id.as_slice()) {
+        node.read_cache.write().invalidate(key.as_slice());
+    }
     atoms::ok().encode(env)
 }
 

@@ -10,12 +10,16 @@ use macula_dht::NodeId;
 use parking_lot::RwLock;
 use rustler::{Env, LocalPid, Monitor, Resource};
 
+use crate::read_cache::ReadCache;
+
 /// NodeInfo maps as stored in the table: their ETF bytes without the version byte.
 pub type NodeInfoBytes = Box<[u8]>;
 
 pub struct Node {
     pub table: RwLock<RoutingTable<NodeInfoBytes>>,
     pub store: RwLock<ProviderStore>,
+    /// Decoded lists of hot keys. Lock order: `store`, then `read_cache`.
+    pub read_cache: RwLock<ReadCache>,
     started: Instant,
     /// Set when the owning server process dies, so callers holding the handle see it gone
     /// (as they would with a dead gen_server) instead of a store nobody maintains.
@@ -32,10 +36,11 @@ impl Resource for Node {
 }
 
 impl Node {
-    pub fn new(local: NodeId, table: TableConfig, limits: StoreLimits) -> Self {
+    pub fn new(local: NodeId, table: TableConfig, limits: StoreLimits, read_cache: usize) -> Self {
         Node {
             table: RwLock::new(RoutingTable::new(local, table)),
             store: RwLock::new(ProviderStore::new(limits)),
+            read_cache: RwLock::new(ReadCache::new(read_cache)),
             started: Instant::now(),
             closed: AtomicBool::new(false),
         }

@@ -8,7 +8,7 @@ pub mod atoms {
     rustler::atoms! {
         ok, error, not_found, closed, corrupt_record,
         k, replacements, max_keys, max_providers_per_key, max_record_bytes, max_key_bytes,
-        default_ttl, max_ttl,
+        default_ttl, max_ttl, read_cache,
         invalid_key, invalid_provider, invalid_node_id, invalid_node_info, invalid_target,
         invalid_count, invalid_ttl, not_a_map, not_a_binary, malformed, missing_node_id,
         too_large, key_too_large, record_too_large, limit,
