@@ -12,12 +12,14 @@
 
 pub mod etf;
 pub mod id;
+pub mod lookup;
 pub mod provider;
 pub mod store;
 pub mod table;
 
 pub use etf::EtfError;
 pub use id::{Distance, NodeId, ID_LEN};
+pub use lookup::{FoundProvider, Lookup, LookupConfig, Outcome};
 pub use provider::{ProviderError, ProviderRecord};
 pub use store::{Listed, ProviderStore, StoreError, StoreLimits, StoreStats, Upserted};
 pub use table::{Inserted, RoutingTable, TableConfig};
