@@ -9,6 +9,7 @@ mod alloc;
 mod node;
 mod read_cache;
 mod reply;
+mod term_builder;
 
 use std::cell::RefCell;
 
@@ -273,8 +274,8 @@ fn with_reply_buf<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
     })
 }
 
-/// Turns an ETF list written by the engine into terms. `binary_to_term` runs in safe mode:
-/// it never creates an atom, whatever the bytes hold.
+/// Turns an ETF list written by the engine into terms: `term_builder` for plain data, else
+/// `binary_to_term` in safe mode. Neither ever creates an atom, whatever the bytes hold.
 fn decode_list<'a>(env: Env<'a>, buf: &[u8]) -> Option<Term<'a>> {
-    env.binary_to_term(buf).map(|(term, _)| term)
+    term_builder::build(env, buf).or_else(|| env.binary_to_term(buf).map(|(term, _)| term))
 }

@@ -15,19 +15,22 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 
-use rustler::env::{OwnedEnv, SavedTerm};
+use rustler::env::OwnedEnv;
+use rustler::sys::ErlNifTerm;
 use rustler::{Env, Term};
 
 /// A provider list built once, copied out on every hit.
 struct Entry {
     env: OwnedEnv,
-    list: SavedTerm,
+    /// The list, living in `env`. Kept raw rather than as a `SavedTerm`, whose every load
+    /// touches a shared reference count: readers on different schedulers would fight over it.
+    list: ErlNifTerm,
     valid_until_ms: u64,
 }
 
 // SAFETY: after construction an entry's environment is only read: `enif_make_copy` reads the
-// saved term and writes into the caller's environment. It is freed only when the entry is
-// removed, which needs `&mut ReadCache`, i.e. the cache's write lock, so no reader holds it then.
+// list and writes into the caller's environment. It is freed only when the entry is removed,
+// which needs `&mut ReadCache`, i.e. the cache's write lock, so no reader holds it then.
 unsafe impl Sync for Entry {}
 
 pub struct ReadCache {
@@ -49,7 +52,9 @@ impl ReadCache {
         if entry.valid_until_ms <= now_ms {
             return None;
         }
-        Some(entry.env.run(|owned| entry.list.load(owned).in_env(env)))
+        // SAFETY: `list` was made in `entry.env`, which is neither cleared nor freed while the
+        // entry exists (see `Entry`).
+        Some(entry.env.run(|owned| unsafe { Term::new(owned, entry.list) }.in_env(env)))
     }
 
     /// Called on a miss: keeps a copy of `list` for `key` until `valid_until_ms` if the key was
@@ -73,8 +78,8 @@ impl ReadCache {
             }
         }
         let env = OwnedEnv::new();
-        let saved = env.save(list);
-        self.entries.insert(key.into(), Entry { env, list: saved, valid_until_ms });
+        let list = env.run(|owned| list.in_env(owned).as_c_arg());
+        self.entries.insert(key.into(), Entry { env, list, valid_until_ms });
     }
 
     pub fn invalidate(&mut self, key: &[u8]) {
