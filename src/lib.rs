@@ -9,6 +9,8 @@
 //! - [`provider`]: a provider record located in its ETF bytes (`node_id`, `ttl`).
 //! - [`store`]: the provider store (upsert, removal, TTL expiry, caps).
 //! - [`table`]: the k-bucket routing table with exact closest-node queries.
+//! - [`lookup`]: the iterative lookup state machine.
+//! - [`wire`]: the versioned request/response messages nodes exchange, as bounded ETF.
 
 pub mod etf;
 pub mod id;
@@ -16,6 +18,7 @@ pub mod lookup;
 pub mod provider;
 pub mod store;
 pub mod table;
+pub mod wire;
 
 pub use etf::EtfError;
 pub use id::{Distance, NodeId, ID_LEN};

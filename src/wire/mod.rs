@@ -1,0 +1,285 @@
+//! The DHT wire protocol: the messages nodes exchange, and their bounded ETF codec.
+//!
+//! Nodes talk over QUIC, one bidirectional stream per request; the transport moves opaque frames
+//! and this module gives them meaning. A frame is exactly one versioned ETF term (first byte 131)
+//! of at most [`MAX_FRAME_BYTES`]: a map with atom keys carrying `v => 1` (the protocol version)
+//! and `type => Atom`, in the shapes of the contract's DHT message table. `docs/protocol.md` has
+//! every shape with byte-level examples.
+//!
+//! The encoder writes what `erlang:term_to_binary(T, [{minor_version, 2}])` writes on OTP 25, so a
+//! BEAM node reads our frames with `binary_to_term(B, [safe])`. The decoder takes untrusted bytes:
+//! it walks them with the bounded, iterative reader of [`crate::etf`] (every length checked
+//! against the bytes left, nesting and work capped), matches atoms against fixed tables of known
+//! names (an unknown atom is an error or an ignored key, never a new name), checks every count
+//! against its cap before allocating, and keeps providers as validated raw term bytes.
+
+mod decode;
+mod encode;
+
+use std::net::SocketAddr;
+
+use crate::etf::EtfError;
+use crate::id::NodeId;
+use crate::provider::ProviderError;
+
+/// The protocol version every message carries as `v`.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Largest frame (request or reply), in bytes, version byte included.
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// Most node infos in one reply.
+pub const MAX_NODES: usize = 64;
+
+/// Most providers in one `find_value_reply`.
+pub const MAX_PROVIDERS: usize = 1024;
+
+/// Longest DHT key, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Longest `node_id` of a `remove` request (the provider's id, as in
+/// [`crate::provider::MAX_NODE_ID_BYTES`]).
+pub const MAX_NODE_ID_BYTES: usize = crate::provider::MAX_NODE_ID_BYTES;
+
+/// Longest `address` binary of a node info (`"[v6 address]:port"` needs at most 53).
+pub const MAX_ADDRESS_BYTES: usize = 64;
+
+/// A request, sent by the node that opens the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Request {
+    /// `#{v => 1, type => ping}`.
+    Ping,
+    /// `#{v => 1, type => find_node, target => <<32 bytes>>}`.
+    FindNode { target: NodeId },
+    /// `#{v => 1, type => find_value, key => Key}`.
+    FindValue { key: Vec<u8> },
+    /// `#{v => 1, type => store, key => Key, value => Provider}`. `value` is the provider's term
+    /// bytes without version byte; decoded values passed [`crate::ProviderRecord::parse`], and
+    /// values to encode must be such bytes too (they are written as they are).
+    Store { key: Vec<u8>, value: Vec<u8> },
+    /// `#{v => 1, type => remove, key => Key, node_id => NodeId}`: the provider `node_id`
+    /// withdraws its record under `key`.
+    Remove { key: Vec<u8>, node_id: Vec<u8> },
+}
+
+/// A reply, sent back on the request's stream.
+///
+/// `find_node` is answered by [`Nodes`](Self::Nodes) (`find_node_reply`); `find_value` by
+/// [`Value`](Self::Value) on a hit or [`NoValue`](Self::NoValue) on a miss (both
+/// `find_value_reply`), so the two reply types stay distinct.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Response {
+    /// `#{v => 1, type => pong}`.
+    Pong,
+    /// `#{v => 1, type => find_node_reply, nodes => [NodeInfo]}`.
+    Nodes { nodes: Vec<NodeInfo> },
+    /// `#{v => 1, type => find_value_reply, result => value, value => [Provider],
+    /// nodes => [NodeInfo]}`. Providers are term bytes without version byte (see
+    /// [`Request::Store`]); `nodes` may be empty (and may be absent on the wire).
+    Value {
+        providers: Vec<Vec<u8>>,
+        nodes: Vec<NodeInfo>,
+    },
+    /// `#{v => 1, type => find_value_reply, result => nodes, nodes => [NodeInfo]}`: a miss.
+    NoValue { nodes: Vec<NodeInfo> },
+    /// `#{v => 1, type => store_reply, result => ok}`.
+    Stored,
+    /// `#{v => 1, type => remove_reply, result => ok}`.
+    Removed,
+    /// `#{v => 1, type => error, reason => Reason}`.
+    Error { reason: ErrorReason },
+}
+
+/// A node's contact: `#{node_id => <<32 bytes>>, address => <<"ip:port">>}` on the wire, the
+/// address being `"a.b.c.d:port"` or `"[v6]:port"`. IPv6 flow info and scope id are not carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+}
+
+/// The fixed set of reasons an `error` reply may give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorReason {
+    /// The request's `type` is not one this node knows.
+    UnknownMessage,
+    /// The request's `v` is not [`PROTOCOL_VERSION`].
+    UnsupportedVersion,
+    /// The request is not a well-formed message.
+    Malformed,
+    /// The request frame exceeds [`MAX_FRAME_BYTES`].
+    TooLarge,
+    /// The provider of a `store` is not a valid provider map.
+    InvalidProvider,
+    /// A cap was hit (key length, a store limit, ...).
+    Limit,
+    /// The node failed to handle a valid request.
+    Internal,
+}
+
+/// Why a frame was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("frame of {0} bytes exceeds {MAX_FRAME_BYTES}")]
+    TooLarge(usize),
+    #[error("malformed ETF: {0}")]
+    Etf(#[from] EtfError),
+    #[error("unsupported protocol version {0}")]
+    UnsupportedVersion(u32),
+    #[error("unknown message type")]
+    UnknownType,
+    #[error("malformed message: {0}")]
+    Malformed(&'static str),
+    #[error("{what} exceeds the limit of {max}")]
+    Limit { what: &'static str, max: usize },
+    #[error("invalid provider: {0}")]
+    InvalidProvider(#[from] ProviderError),
+}
+
+impl Request {
+    /// The frame for this request. Caps are not enforced here: a request holding more than the
+    /// decoder accepts (a key over [`MAX_KEY_BYTES`], ...) encodes, and the peer refuses it.
+    pub fn encode(&self) -> Vec<u8> {
+        encode::request(self)
+    }
+
+    /// Parses a request frame from an untrusted peer.
+    pub fn decode(frame: &[u8]) -> Result<Request, WireError> {
+        decode::request(frame)
+    }
+
+    /// The message type's name on the wire (`find_node`, ...).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Request::Ping => "ping",
+            Request::FindNode { .. } => "find_node",
+            Request::FindValue { .. } => "find_value",
+            Request::Store { .. } => "store",
+            Request::Remove { .. } => "remove",
+        }
+    }
+}
+
+impl Response {
+    /// The frame for this reply. Caps are not enforced here (see [`Request::encode`]); build
+    /// `find_value` hits with [`Response::value_fitting`] to stay within them.
+    pub fn encode(&self) -> Vec<u8> {
+        encode::response(self)
+    }
+
+    /// Parses a reply frame from an untrusted peer.
+    pub fn decode(frame: &[u8]) -> Result<Response, WireError> {
+        decode::response(frame)
+    }
+
+    /// A [`Value`](Self::Value) reply with the first of `providers` (term bytes without version
+    /// byte), in order, as many as fit both [`MAX_PROVIDERS`] and a frame of [`MAX_FRAME_BYTES`];
+    /// `nodes` is cut to [`MAX_NODES`]. Stops at the first provider that does not fit.
+    pub fn value_fitting<'a>(
+        providers: impl IntoIterator<Item = &'a [u8]>,
+        mut nodes: Vec<NodeInfo>,
+    ) -> Response {
+        nodes.truncate(MAX_NODES);
+        let mut reply = Response::Value {
+            providers: Vec::new(),
+            nodes,
+        };
+        // A non-empty list adds its 5-byte header to the empty list's NIL, plus the elements.
+        let mut size = reply.encode().len() + 5;
+        if let Response::Value {
+            providers: kept, ..
+        } = &mut reply
+        {
+            for provider in providers.into_iter().take(MAX_PROVIDERS) {
+                size += provider.len();
+                if size > MAX_FRAME_BYTES {
+                    break;
+                }
+                kept.push(provider.to_vec());
+            }
+        }
+        reply
+    }
+
+    /// The message type's name on the wire (`find_node_reply`, ...).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Response::Pong => "pong",
+            Response::Nodes { .. } => "find_node_reply",
+            Response::Value { .. } | Response::NoValue { .. } => "find_value_reply",
+            Response::Stored => "store_reply",
+            Response::Removed => "remove_reply",
+            Response::Error { .. } => "error",
+        }
+    }
+
+    /// Whether this is a reply of the right type for `request` (an `error` answers anything).
+    pub fn answers(&self, request: &Request) -> bool {
+        matches!(
+            (request, self),
+            (_, Response::Error { .. })
+                | (Request::Ping, Response::Pong)
+                | (Request::FindNode { .. }, Response::Nodes { .. })
+                | (
+                    Request::FindValue { .. },
+                    Response::Value { .. } | Response::NoValue { .. }
+                )
+                | (Request::Store { .. }, Response::Stored)
+                | (Request::Remove { .. }, Response::Removed)
+        )
+    }
+}
+
+impl From<&WireError> for Response {
+    /// The `error` reply to a request that failed to decode with this error.
+    fn from(e: &WireError) -> Response {
+        Response::Error { reason: e.reason() }
+    }
+}
+
+impl ErrorReason {
+    /// Every reason, in declaration order.
+    pub const ALL: [ErrorReason; 7] = [
+        ErrorReason::UnknownMessage,
+        ErrorReason::UnsupportedVersion,
+        ErrorReason::Malformed,
+        ErrorReason::TooLarge,
+        ErrorReason::InvalidProvider,
+        ErrorReason::Limit,
+        ErrorReason::Internal,
+    ];
+
+    /// The atom's name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorReason::UnknownMessage => "unknown_message",
+            ErrorReason::UnsupportedVersion => "unsupported_version",
+            ErrorReason::Malformed => "malformed",
+            ErrorReason::TooLarge => "too_large",
+            ErrorReason::InvalidProvider => "invalid_provider",
+            ErrorReason::Limit => "limit",
+            ErrorReason::Internal => "internal",
+        }
+    }
+
+    /// The reason named `name`, if it is one of the fixed set.
+    pub fn from_name(name: &[u8]) -> Option<ErrorReason> {
+        ErrorReason::ALL
+            .into_iter()
+            .find(|r| r.name().as_bytes() == name)
+    }
+}
+
+impl WireError {
+    /// The reason to answer a request that failed to decode with this error.
+    pub fn reason(&self) -> ErrorReason {
+        match self {
+            WireError::TooLarge(_) => ErrorReason::TooLarge,
+            WireError::UnsupportedVersion(_) => ErrorReason::UnsupportedVersion,
+            WireError::UnknownType => ErrorReason::UnknownMessage,
+            WireError::Limit { .. } => ErrorReason::Limit,
+            WireError::InvalidProvider(_) => ErrorReason::InvalidProvider,
+            WireError::Etf(_) | WireError::Malformed(_) => ErrorReason::Malformed,
+        }
+    }
+}
