@@ -217,7 +217,7 @@ pub fn write_list<'a>(items: impl IntoIterator<Item = &'a [u8]>, out: &mut Vec<u
 }
 
 /// ETF tags (erts `external.h`).
-pub(crate) mod tag {
+pub mod tag {
     pub const NEW_FLOAT: u8 = 70;
     pub const BIT_BINARY: u8 = 77;
     pub const COMPRESSED: u8 = 80;

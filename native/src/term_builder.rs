@@ -8,43 +8,24 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use macula_dht::etf::{self, tag};
 use rustler::sys::{self, ErlNifCharEncoding, ErlNifTerm};
 use rustler::{Encoder, Env, NewBinary, Term};
 
-/// Containers open at once; deeper terms fall back.
-const MAX_DEPTH: usize = 64;
-/// Terms built for one input, elements of strings included.
-const MAX_TERMS: usize = 1 << 20;
+// The engine's reader caps, so anything the store accepted builds here too: containers open at
+// once (deeper terms fall back) and terms per input, elements of strings included.
+use macula_dht::etf::{MAX_DEPTH, MAX_TERMS};
 /// Atoms kept per scheduler thread; once full, further atoms are looked up every time.
 const ATOM_CACHE_CAP: usize = 4096;
 /// Atoms have at most 255 characters: 255 bytes in latin1.
 const MAX_ATOM_LEN: usize = 255;
 
-/// ETF tags (erts `external.h`).
-mod tag {
-    pub const VERSION: u8 = 131;
-    pub const NEW_FLOAT: u8 = 70;
-    pub const SMALL_INTEGER: u8 = 97;
-    pub const INTEGER: u8 = 98;
-    pub const ATOM: u8 = 100;
-    pub const SMALL_TUPLE: u8 = 104;
-    pub const LARGE_TUPLE: u8 = 105;
-    pub const NIL: u8 = 106;
-    pub const STRING: u8 = 107;
-    pub const LIST: u8 = 108;
-    pub const BINARY: u8 = 109;
-    pub const SMALL_BIG: u8 = 110;
-    pub const SMALL_ATOM: u8 = 115;
-    pub const MAP: u8 = 116;
-    pub const ATOM_UTF8: u8 = 118;
-    pub const SMALL_ATOM_UTF8: u8 = 119;
-}
 
 /// Builds the term encoded by `etf` (a complete versioned ETF term, first byte 131) in `env`,
 /// or None when it holds something this builder does not handle (the caller then uses
 /// binary_to_term). Never creates an atom; never panics; bounded depth; iterative.
 pub fn build<'a>(env: Env<'a>, etf: &[u8]) -> Option<Term<'a>> {
-    let (&tag::VERSION, body) = etf.split_first()? else {
+    let (&etf::VERSION, body) = etf.split_first()? else {
         return None;
     };
     let built = SCRATCH.try_with(|cell| {
