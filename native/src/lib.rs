@@ -34,6 +34,8 @@ thread_local! {
     static REPLY_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+// NIFs take the handle as `&Node`, not `ResourceArc<Node>`: decoding a `ResourceArc` bumps the
+// resource's shared reference count on every call, a cache line the schedulers would fight over.
 rustler::init!("macula_dht_nif");
 
 /// Creates a node owned by the calling process: when that process dies the handle is closed.
@@ -64,13 +66,13 @@ fn field<'a, T: rustler::Decoder<'a>>(config: Term<'a>, key: rustler::Atom) -> N
 }
 
 #[rustler::nif]
-fn close(node: ResourceArc<Node>) -> rustler::Atom {
+fn close(node: &Node) -> rustler::Atom {
     node.close();
     atoms::ok()
 }
 
 #[rustler::nif]
-fn store_put<'a>(env: Env<'a>, node: ResourceArc<Node>, key: Term<'a>, value: Term<'a>) -> Term<'a> {
+fn store_put<'a>(env: Env<'a>, node: &'a Node, key: Term<'a>, value: Term<'a>) -> Term<'a> {
     let Ok(key) = Binary::from_term(key) else {
         return reply::invalid_key(env);
     };
@@ -94,7 +96,7 @@ fn store_put<'a>(env: Env<'a>, node: ResourceArc<Node>, key: Term<'a>, value: Te
 }
 
 #[rustler::nif]
-fn store_get<'a>(env: Env<'a>, node: ResourceArc<Node>, key: Term<'a>) -> Term<'a> {
+fn store_get<'a>(env: Env<'a>, node: &'a Node, key: Term<'a>) -> Term<'a> {
     let Ok(key) = Binary::from_term(key) else {
         return reply::invalid_key(env);
     };
@@ -121,7 +123,7 @@ fn store_get<'a>(env: Env<'a>, node: ResourceArc<Node>, key: Term<'a>) -> Term<'
 }
 
 #[rustler::nif]
-fn store_delete<'a>(env: Env<'a>, node: ResourceArc<Node>, key: Term<'a>, node_id: Term<'a>) -> Term<'a> {
+fn store_delete<'a>(env: Env<'a>, node: &'a Node, key: Term<'a>, node_id: Term<'a>) -> Term<'a> {
     let Ok(key) = Binary::from_term(key) else {
         return reply::invalid_key(env);
     };
@@ -139,7 +141,7 @@ fn store_delete<'a>(env: Env<'a>, node: ResourceArc<Node>, key: Term<'a>, node_i
 }
 
 #[rustler::nif(schedule = "DirtyCpu")]
-fn store_keys<'a>(env: Env<'a>, node: ResourceArc<Node>) -> Term<'a> {
+fn store_keys<'a>(env: Env<'a>, node: &'a Node) -> Term<'a> {
     let store = node.store.read();
     let keys: Vec<Term<'a>> = store.keys().map(|k| reply::binary(env, k)).collect();
     keys.encode(env)
@@ -147,13 +149,13 @@ fn store_keys<'a>(env: Env<'a>, node: ResourceArc<Node>) -> Term<'a> {
 
 /// Purges expired records; the owner calls it on a timer. Returns how many went.
 #[rustler::nif]
-fn store_expire(node: ResourceArc<Node>) -> usize {
+fn store_expire(node: &Node) -> usize {
     let now = node.now_ms();
     node.store.write().expire(now)
 }
 
 #[rustler::nif]
-fn table_add<'a>(env: Env<'a>, node: ResourceArc<Node>, info: Term<'a>) -> Term<'a> {
+fn table_add<'a>(env: Env<'a>, node: &'a Node, info: Term<'a>) -> Term<'a> {
     let raw_id = match node_info_id(info) {
         Ok(id) => id,
         Err(reason) => return reply::error(env, (atoms::invalid_node_info(), reason)),
@@ -192,7 +194,7 @@ fn node_info_id<'a>(info: Term<'a>) -> Result<Binary<'a>, rustler::Atom> {
 }
 
 #[rustler::nif]
-fn table_remove<'a>(env: Env<'a>, node: ResourceArc<Node>, node_id: Term<'a>) -> Term<'a> {
+fn table_remove<'a>(env: Env<'a>, node: &'a Node, node_id: Term<'a>) -> Term<'a> {
     let Ok(node_id) = Binary::from_term(node_id) else {
         return reply::error(env, (atoms::invalid_node_id(), atoms::not_a_binary()));
     };
@@ -201,7 +203,7 @@ fn table_remove<'a>(env: Env<'a>, node: ResourceArc<Node>, node_id: Term<'a>) ->
 }
 
 #[rustler::nif]
-fn table_closest<'a>(env: Env<'a>, node: ResourceArc<Node>, target: Term<'a>, count: Term<'a>) -> Term<'a> {
+fn table_closest<'a>(env: Env<'a>, node: &'a Node, target: Term<'a>, count: Term<'a>) -> Term<'a> {
     let Ok(target) = Binary::from_term(target) else {
         return reply::error(env, (atoms::invalid_target(), atoms::not_a_binary()));
     };
@@ -224,13 +226,13 @@ fn table_closest<'a>(env: Env<'a>, node: ResourceArc<Node>, target: Term<'a>, co
 }
 
 #[rustler::nif]
-fn table_size(node: ResourceArc<Node>) -> usize {
+fn table_size(node: &Node) -> usize {
     node.table.read().len()
 }
 
 /// `[{BucketIndex, [NodeInfo]}]`, least recently seen first in each bucket.
 #[rustler::nif(schedule = "DirtyCpu")]
-fn table_buckets<'a>(env: Env<'a>, node: ResourceArc<Node>) -> Term<'a> {
+fn table_buckets<'a>(env: Env<'a>, node: &'a Node) -> Term<'a> {
     let table = node.table.read();
     let mut buckets = Vec::new();
     let mut buf = Vec::new();
@@ -245,7 +247,7 @@ fn table_buckets<'a>(env: Env<'a>, node: ResourceArc<Node>) -> Term<'a> {
 }
 
 #[rustler::nif]
-fn stats<'a>(env: Env<'a>, node: ResourceArc<Node>) -> NifResult<Term<'a>> {
+fn stats<'a>(env: Env<'a>, node: &'a Node) -> NifResult<Term<'a>> {
     let store = node.store.read().stats();
     let nodes = node.table.read().len();
     let pairs = [

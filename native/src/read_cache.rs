@@ -12,8 +12,10 @@
 //! after each write (a discover after each publish), would only pay for building an entry that
 //! the next write throws away.
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+// Randomly seeded and fast on short keys: this sits on every read and write.
+use hashbrown::{DefaultHashBuilder, HashMap, HashSet};
 
 use rustler::env::OwnedEnv;
 use rustler::sys::ErlNifTerm;
@@ -38,12 +40,17 @@ pub struct ReadCache {
     capacity: usize,
     /// Hashes of keys read once and not cached yet; cleared when it grows past its bound.
     seen_once: HashSet<u64>,
-    hasher: RandomState,
+    hasher: DefaultHashBuilder,
 }
 
 impl ReadCache {
     pub fn new(capacity: usize) -> Self {
-        ReadCache { entries: HashMap::new(), capacity, seen_once: HashSet::new(), hasher: RandomState::new() }
+        ReadCache {
+            entries: HashMap::new(),
+            capacity,
+            seen_once: HashSet::new(),
+            hasher: DefaultHashBuilder::default(),
+        }
     }
 
     /// The cached list of `key` copied into `env`, if there is one still valid at `now_ms`.
@@ -83,7 +90,7 @@ impl ReadCache {
     }
 
     pub fn invalidate(&mut self, key: &[u8]) {
-        if self.capacity == 0 {
+        if self.entries.is_empty() && self.seen_once.is_empty() {
             return;
         }
         self.entries.remove(key);
