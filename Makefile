@@ -4,8 +4,11 @@ ERLANG_DIR := erlang
 REBAR := cd $(ERLANG_DIR) && rebar3
 ERL_LIBS_DIR := $(CURDIR)/$(ERLANG_DIR)/_build/default/lib
 BENCH_DIR := $(CURDIR)/target/bench
+# `make test` fuzzes the wire decoders this long on the seed corpus; `make fuzz` runs longer.
+TEST_FUZZ_SECONDS ?= 60
+FUZZ_SECONDS ?= 600
 
-.PHONY: all deps build test test-rust test-erlang demo bench bench-engine bench-erlang clean
+.PHONY: all deps build test test-rust test-erlang test-fuzz demo bench bench-engine bench-erlang bench-cluster fuzz clean
 
 all: build
 
@@ -15,7 +18,7 @@ deps:
 build: deps
 	$(REBAR) compile
 
-test: deps test-rust test-erlang
+test: deps test-rust test-fuzz test-erlang
 
 test-rust:
 	cargo test --workspace
@@ -23,13 +26,22 @@ test-rust:
 test-erlang: deps
 	$(REBAR) eunit
 
+test-fuzz:
+	./scripts/fuzz.sh $(TEST_FUZZ_SECONDS)
+
+fuzz:
+	./scripts/fuzz.sh $(FUZZ_SECONDS)
+
 demo: build
 	@./scripts/demo.sh
 
-bench: bench-engine bench-erlang
+bench: bench-engine bench-erlang bench-cluster
 
 bench-engine:
-	cargo bench -p macula_dht --bench engine
+	cargo bench -p macula_dht
+
+bench-cluster:
+	cargo bench -p macula_dht_node --bench cluster
 
 bench-erlang: build
 	@mkdir -p $(BENCH_DIR)

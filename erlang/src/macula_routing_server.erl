@@ -35,7 +35,8 @@
 -record(node, {pid :: pid(), handle :: reference(), local_id :: binary(), k :: pos_integer()}).
 -record(state, {node :: #node{}, config :: macula_routing_config:config()}).
 
--define(SLOT, {?MODULE, node}).
+%% An atom key: its hash is precomputed, and every API call reads this slot.
+-define(SLOT, macula_routing_server_node).
 
 %%--------------------------------------------------------------------------------------------
 %% API

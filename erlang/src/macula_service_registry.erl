@@ -260,14 +260,9 @@ now_ms() ->
 first_error([{true, _Reason} | Checks]) -> first_error(Checks);
 first_error([{false, Reason} | _Checks]) -> {error, Reason}.
 
-with_dht(Dht, Call, Unavailable) ->
-    case is_alive(Dht) of
-        true -> call_dht(Call, Unavailable);
-        false -> Unavailable
-    end.
-
-%% The process can die between the liveness check and the call.
-call_dht(Call, Unavailable) ->
+%% A dead pid or an unregistered name shows as a `noproc' exit from the call itself, so there is
+%% no separate liveness check (it could go stale before the call anyway).
+with_dht(Dht, Call, Unavailable) when is_pid(Dht); is_atom(Dht) ->
     try
         Call()
     catch
@@ -276,13 +271,9 @@ call_dht(Call, Unavailable) ->
                 true -> Unavailable;
                 false -> erlang:raise(exit, Exit, Stack)
             end
-    end.
-
-%% A remote pid cannot be probed locally; the call itself tells.
-is_alive(Pid) when is_pid(Pid), node(Pid) =:= node() -> is_process_alive(Pid);
-is_alive(Pid) when is_pid(Pid) -> true;
-is_alive(Name) when is_atom(Name) -> whereis(Name) =/= undefined;
-is_alive(_Other) -> false.
+    end;
+with_dht(_Dht, _Call, Unavailable) ->
+    Unavailable.
 
 is_gone(noproc) -> true;
 is_gone(normal) -> true;
