@@ -1,11 +1,15 @@
-//! A bounded reader (and one writer) for Erlang's External Term Format.
+//! A bounded reader for Erlang's External Term Format, and a writer ([`Writer`], [`write_list`]).
 //!
 //! Providers are stored as the ETF bytes `term_to_binary/1` produced, and later they also arrive
 //! from untrusted peers. General-purpose decoders trust length fields and recurse (`eetf` aborts on
-//! a 6-byte input announcing a huge list; inside the BEAM that kills the VM), so this module only
+//! a 6-byte input announcing a huge list; inside the BEAM that kills the VM), so the reader only
 //! *walks* terms: every length is checked against the remaining bytes before anything advances,
 //! element counts must be plausible, nesting and work per call are capped, nothing is allocated
 //! from a length field, there is no recursion, and atoms are only ever byte slices.
+
+mod write;
+
+pub use write::Writer;
 
 /// First byte of a complete ("versioned") external term.
 pub const VERSION: u8 = 131;
