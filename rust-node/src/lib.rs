@@ -1,23 +1,36 @@
-//! The native macula_dht node runtime: the network shell around the sans-IO engine.
+//! The native macula_dht node: the network shell around the sans-IO engine.
 //!
-//! This crate exists so that a native node (the `macula-dht` binary) and the BEAM-embedded node
-//! (the NIF) share one implementation of everything that touches the network. This first layer
-//! is the foundation every node-to-node exchange stands on:
+//! This crate exists so that a native node (the `rust-node` binary) and the BEAM-embedded node
+//! (the NIF) share one implementation of everything that touches the network:
 //!
 //! - [`identity`]: the node's Ed25519 key, its self-signed certificate, and the id rule
 //!   (`id = SHA-256(raw Ed25519 public key)`);
 //! - [`tls`]: mutual TLS 1.3 without a CA, where a peer's id is proven by its handshake signature;
 //! - [`transport`]: request/response over QUIC, one bidirectional stream per request, with every
-//!   resource bounded.
-//!
-//! Lookups, replication, timers and the CLI are built on top of [`Endpoint`].
+//!   resource bounded;
+//! - [`node`]: the DHT runtime: answering requests, lookups, replication, removal, expiry,
+//!   republish, hand-off and refresh, behind an async client API;
+//! - [`record`]: the provider map a node advertises, written and read;
+//! - [`ctl`]: the local control socket of a running node;
+//! - [`config`]: the `rust-node run` settings, from flags and a TOML file;
+//! - [`testnet`]: many nodes in one process, for tests and benches.
 
+pub mod config;
+pub mod ctl;
 pub mod identity;
+pub mod node;
+pub mod record;
+pub mod testnet;
 pub mod tls;
+mod tombstones;
 pub mod transport;
 
 pub use identity::{id_hex, node_id_from_public_key, Identity, IdentityError};
 pub use macula_dht::NodeId;
+pub use node::{LookupReport, Node, NodeConfig, NodeError, Published, Status};
+pub use record::{service_key, Advertisement, Provider};
+pub use testnet::Testnet;
+
 pub use tls::{certificate_id, peer_id, TlsContext, TlsError, ALPN};
 pub use transport::{
     Endpoint, Handler, Peer, Refusal, TransportConfig, TransportError, MAX_FRAME_BYTES,

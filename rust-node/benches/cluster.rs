@@ -1,0 +1,283 @@
+//! Cluster benches of the node runtime; writes `target/bench/cluster.json`.
+//!
+//! - One remote FIND_VALUE (3 providers stored) over loopback QUIC: encode, request, the node's
+//!   answer, decode. The node runs on its own thread and single-threaded runtime, the client on
+//!   another, like two processes on one machine. Latency percentiles of sequential requests,
+//!   then the throughput of 64 concurrent callers.
+//! - A 100-node loopback testnet in this process (k = 20, alpha = 3): services advertised from
+//!   random nodes, then FIND_VALUE lookups (want 1 provider) from nodes that do not hold the
+//!   key: time to the first provider and hop counts.
+//!
+//! Budgets (docs performance.md): one hop <= 60 us p50, >= 40 k req/s with 64 callers, first
+//! provider <= 5 ms p50 in a 100-node cluster. Rows have no baseline (`null`).
+//!
+//! `cargo bench -p macula_dht_node --bench cluster`
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use macula_dht::wire::{Request, Response};
+use macula_dht_node::record::Advertisement;
+use macula_dht_node::{
+    service_key, Endpoint, Identity, Node, NodeConfig, NodeId, Testnet, TransportConfig,
+};
+use tokio::runtime::Runtime;
+
+const SEQUENTIAL: usize = 20_000;
+const CALLERS: usize = 64;
+const CONCURRENT_TOTAL: usize = CALLERS * 3_125;
+const TESTNET_NODES: usize = 100;
+const SERVICES: usize = 20;
+const LOOKUPS: usize = 400;
+
+struct Row {
+    name: &'static str,
+    unit: &'static str,
+    ours: f64,
+}
+
+fn current_thread() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn percentile<T: Copy + Ord>(sorted: &[T], p: f64) -> T {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// A node on its own thread and runtime; its address and a stopper.
+fn start_server() -> (
+    SocketAddr,
+    std::sync::mpsc::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        current_thread().block_on(async move {
+            let node = Node::start(
+                &Identity::generate().expect("identity"),
+                "127.0.0.1:0".parse().expect("addr"),
+                NodeConfig::default(),
+            )
+            .await
+            .expect("node");
+            addr_tx.send(node.local_addr()).expect("send addr");
+            let stop = tokio::task::spawn_blocking(move || stop_rx.recv());
+            let _ = stop.await;
+            node.shutdown().await;
+        });
+    });
+    let addr = addr_rx.recv().expect("server address");
+    (addr, stop_tx, thread)
+}
+
+async fn find_value(client: &Endpoint, addr: SocketAddr, frame: &[u8]) -> usize {
+    let (_, reply) = client
+        .request(addr, None, frame.to_vec())
+        .await
+        .expect("request");
+    match Response::decode(&reply).expect("decode") {
+        Response::Value { providers, .. } => providers.len(),
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+fn one_hop(rows: &mut Vec<Row>) {
+    let key = service_key("bench.one_hop");
+    let (addr, stop, server) = start_server();
+    let rt = current_thread();
+    let client = rt.block_on(async {
+        let client = Endpoint::bind(
+            "127.0.0.1:0".parse().expect("addr"),
+            &Identity::generate().expect("identity"),
+            TransportConfig::default(),
+        )
+        .expect("bind client");
+        for i in 0..3u8 {
+            let ad = Advertisement {
+                endpoint: format!("https://provider-{i}.example:9443"),
+                metadata: BTreeMap::from([("zone".to_string(), "eu-west".to_string())]),
+                ttl_secs: 3600,
+            };
+            let etf = ad.encode(&NodeId([i; 32]), 1_800_000_000);
+            let store = Request::Store {
+                key: key.to_vec(),
+                value: etf[1..].to_vec(),
+            };
+            client
+                .request(addr, None, store.encode())
+                .await
+                .expect("store");
+        }
+        client
+    });
+    let frame = Request::FindValue { key: key.to_vec() }.encode();
+    let mut lat = rt.block_on(async {
+        for _ in 0..2_000 {
+            assert_eq!(find_value(&client, addr, &frame).await, 3);
+        }
+        let mut lat = Vec::with_capacity(SEQUENTIAL);
+        for _ in 0..SEQUENTIAL {
+            let start = Instant::now();
+            find_value(&client, addr, &frame).await;
+            lat.push(start.elapsed());
+        }
+        lat
+    });
+    lat.sort_unstable();
+    let (p50, p99) = (percentile(&lat, 0.50), percentile(&lat, 0.99));
+    println!("find_value one hop, {SEQUENTIAL} sequential: p50 {p50:?} p99 {p99:?}");
+    rows.push(Row {
+        name: "find_value_one_hop_p50_us",
+        unit: "us",
+        ours: p50.as_secs_f64() * 1e6,
+    });
+    rows.push(Row {
+        name: "find_value_one_hop_p99_us",
+        unit: "us",
+        ours: p99.as_secs_f64() * 1e6,
+    });
+    let elapsed = rt.block_on(async {
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..CALLERS {
+            let n = CONCURRENT_TOTAL / CALLERS;
+            let client = client.clone();
+            let frame = frame.clone();
+            tasks.spawn(async move {
+                for _ in 0..n {
+                    find_value(&client, addr, &frame).await;
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("caller");
+        }
+        start.elapsed()
+    });
+    let rps = CONCURRENT_TOTAL as f64 / elapsed.as_secs_f64();
+    println!("find_value, {CALLERS} callers: {rps:.0} req/s");
+    rows.push(Row {
+        name: "find_value_64_callers_rps",
+        unit: "req/s",
+        ours: rps,
+    });
+    rt.block_on(client.close());
+    let _ = stop.send(());
+    let _ = server.join();
+}
+
+fn lookups(rows: &mut Vec<Row>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let (mut first, mut hops) = rt.block_on(async {
+        let started = Instant::now();
+        let net = Testnet::start(TESTNET_NODES, NodeConfig::default())
+            .await
+            .expect("testnet");
+        println!(
+            "testnet of {TESTNET_NODES} nodes up in {:?}",
+            started.elapsed()
+        );
+        // A tiny xorshift: deterministic picks, no RNG dependency.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut keys = Vec::new();
+        for s in 0..SERVICES {
+            let service = format!("bench.service.{s}");
+            let from = next(TESTNET_NODES);
+            net.nodes()[from]
+                .advertise(&service, "https://bench:1", BTreeMap::new(), 3600)
+                .await
+                .expect("advertise");
+            keys.push(service_key(&service));
+        }
+        let mut first = Vec::with_capacity(LOOKUPS);
+        let mut hops = Vec::with_capacity(LOOKUPS);
+        let mut misses = 0;
+        while first.len() < LOOKUPS {
+            let key = keys[next(SERVICES)];
+            let node = &net.nodes()[next(TESTNET_NODES)];
+            if !node.local_providers(&key).is_empty() {
+                continue; // a replica would answer locally: not a network lookup
+            }
+            let report = node.find_providers(&key, Some(1)).await.expect("lookup");
+            match report.first_provider {
+                Some(at) => {
+                    first.push(at);
+                    hops.push(report.hops);
+                }
+                None => misses += 1,
+            }
+        }
+        println!("{LOOKUPS} lookups, {misses} found nothing");
+        net.shutdown().await;
+        (first, hops)
+    });
+    first.sort_unstable();
+    hops.sort_unstable();
+    let p50 = percentile(&first, 0.50);
+    let p99_hops = percentile(&hops, 0.99);
+    println!(
+        "100-node lookups: first provider p50 {p50:?} p99 {:?}; hops p50 {} p99 {p99_hops}",
+        percentile(&first, 0.99),
+        percentile(&hops, 0.50)
+    );
+    rows.push(Row {
+        name: "lookup_100_nodes_first_provider_p50_ms",
+        unit: "ms",
+        ours: p50.as_secs_f64() * 1e3,
+    });
+    rows.push(Row {
+        name: "lookup_100_nodes_p99_hops",
+        unit: "hops",
+        ours: f64::from(p99_hops),
+    });
+}
+
+fn output_path() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // The workspace root is the parent of this package.
+            let package = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            package.parent().unwrap_or(package).join("target")
+        });
+    target.join("bench").join("cluster.json")
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; there is nothing to filter.
+    let mut rows = Vec::new();
+    one_hop(&mut rows);
+    lookups(&mut rows);
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "  {{\"name\": \"{}\", \"unit\": \"{}\", \"ours\": {:.4}, \"baseline\": null, \"ratio\": null}}",
+                r.name, r.unit, r.ours
+            )
+        })
+        .collect();
+    let json = format!("[\n{}\n]\n", lines.join(",\n"));
+    let path = output_path();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("create target/bench");
+    }
+    std::fs::write(&path, json).expect("write cluster.json");
+    println!("wrote {}", path.display());
+}

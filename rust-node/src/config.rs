@@ -1,0 +1,307 @@
+//! Settings of `rust-node run`, from command-line flags, a TOML file, or both.
+//!
+//! This module exists so that the two sources share one meaning: every setting has a flag and a
+//! TOML key of the same name, a flag overrides the file (a list flag such as `--bootstrap`
+//! replaces the file's list), and everything is parsed here, once, into [`RunSettings`] with
+//! typed values. Unknown TOML keys are errors, so a typo does not pass silently. Every error is
+//! one line.
+//!
+//! ```toml
+//! listen = "127.0.0.1:4000"
+//! bootstrap = ["127.0.0.1:4001"]
+//! identity = "/var/lib/rust-node/key.pem"
+//! advertise = ["calc=https://calc:9443@120"]
+//! k = 20
+//! alpha = 3
+//! ctl = "/run/rust-node.sock"
+//! log = "info"
+//! request_timeout_ms = 2000
+//! ```
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::node::NodeConfig;
+
+/// TTL of an `--advertise` without `@TTL`, in seconds (the contract's `default_ttl`).
+pub const DEFAULT_TTL_SECS: u32 = 300;
+
+/// Log levels accepted by `log` / `--log`.
+pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// Why the settings are unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("no listen address: give --listen or `listen` in the config file")]
+    NoListen,
+    #[error("invalid address {value:?}: {reason}")]
+    Address { value: String, reason: String },
+    #[error("invalid advertisement {value:?}: {reason}")]
+    Advertise { value: String, reason: String },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+/// One `SERVICE=ENDPOINT[@TTL]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdvertiseSpec {
+    pub service: String,
+    pub endpoint: String,
+    pub ttl_secs: u32,
+}
+
+impl FromStr for AdvertiseSpec {
+    type Err = ConfigError;
+
+    /// The TTL is the part after the last `@` when that part is all digits; otherwise the whole
+    /// right-hand side is the endpoint (which may itself contain `@`).
+    fn from_str(s: &str) -> Result<AdvertiseSpec, ConfigError> {
+        let bad = |reason: &str| ConfigError::Advertise {
+            value: s.to_string(),
+            reason: reason.to_string(),
+        };
+        let (service, rest) = s
+            .split_once('=')
+            .ok_or_else(|| bad("expected SERVICE=ENDPOINT[@TTL]"))?;
+        let (endpoint, ttl_secs) = match rest.rsplit_once('@') {
+            Some((endpoint, ttl)) if !ttl.is_empty() && ttl.bytes().all(|b| b.is_ascii_digit()) => {
+                let ttl = ttl
+                    .parse::<u32>()
+                    .map_err(|_| bad("ttl does not fit in 32 bits"))?;
+                (endpoint, ttl)
+            }
+            _ => (rest, DEFAULT_TTL_SECS),
+        };
+        if service.is_empty() || endpoint.is_empty() {
+            return Err(bad("service and endpoint must not be empty"));
+        }
+        if ttl_secs == 0 {
+            return Err(bad("ttl must be at least 1"));
+        }
+        Ok(AdvertiseSpec {
+            service: service.to_string(),
+            endpoint: endpoint.to_string(),
+            ttl_secs,
+        })
+    }
+}
+
+/// The settings as given: every field optional, from flags or from the file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunOptions {
+    pub listen: Option<String>,
+    pub bootstrap: Option<Vec<String>>,
+    pub identity: Option<PathBuf>,
+    pub advertise: Option<Vec<String>>,
+    pub k: Option<usize>,
+    pub alpha: Option<usize>,
+    pub ctl: Option<PathBuf>,
+    pub log: Option<String>,
+    pub request_timeout_ms: Option<u64>,
+}
+
+impl RunOptions {
+    /// Reads a TOML file of these options.
+    pub fn from_file(path: &Path) -> Result<RunOptions, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: one_line_toml_error(&text, &e),
+        })
+    }
+
+    /// `self` (the flags) over `file`: a field set here wins.
+    pub fn over(self, file: RunOptions) -> RunOptions {
+        RunOptions {
+            listen: self.listen.or(file.listen),
+            bootstrap: self.bootstrap.or(file.bootstrap),
+            identity: self.identity.or(file.identity),
+            advertise: self.advertise.or(file.advertise),
+            k: self.k.or(file.k),
+            alpha: self.alpha.or(file.alpha),
+            ctl: self.ctl.or(file.ctl),
+            log: self.log.or(file.log),
+            request_timeout_ms: self.request_timeout_ms.or(file.request_timeout_ms),
+        }
+    }
+
+    /// Parses and checks every value.
+    pub fn resolve(self) -> Result<RunSettings, ConfigError> {
+        let listen = self.listen.ok_or(ConfigError::NoListen)?;
+        let listen = resolve_addr(&listen)?;
+        let bootstrap = self
+            .bootstrap
+            .unwrap_or_default()
+            .iter()
+            .map(|a| resolve_addr(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let advertise = self
+            .advertise
+            .unwrap_or_default()
+            .iter()
+            .map(|a| a.parse())
+            .collect::<Result<Vec<_>, _>>()?;
+        let log = self.log.unwrap_or_else(|| "info".into());
+        if !LOG_LEVELS.contains(&log.as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "log level {log:?} is not one of {}",
+                LOG_LEVELS.join(", ")
+            )));
+        }
+        let mut node = NodeConfig::default();
+        if let Some(k) = self.k {
+            node.k = k;
+        }
+        if let Some(alpha) = self.alpha {
+            node.alpha = alpha;
+        }
+        if let Some(ms) = self.request_timeout_ms {
+            if ms == 0 {
+                return Err(ConfigError::Invalid(
+                    "request_timeout_ms must be positive".into(),
+                ));
+            }
+            node.transport.request_timeout = Duration::from_millis(ms);
+        }
+        if !(1..=64).contains(&node.k) {
+            return Err(ConfigError::Invalid("k must be between 1 and 64".into()));
+        }
+        if !(1..=64).contains(&node.alpha) {
+            return Err(ConfigError::Invalid(
+                "alpha must be between 1 and 64".into(),
+            ));
+        }
+        Ok(RunSettings {
+            listen,
+            bootstrap,
+            identity: self.identity,
+            advertise,
+            ctl: self.ctl,
+            log,
+            node,
+        })
+    }
+}
+
+/// What `rust-node run` runs with.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub listen: SocketAddr,
+    pub bootstrap: Vec<SocketAddr>,
+    /// Key file; `None`: a fresh identity for this run only.
+    pub identity: Option<PathBuf>,
+    pub advertise: Vec<AdvertiseSpec>,
+    pub ctl: Option<PathBuf>,
+    pub log: String,
+    pub node: NodeConfig,
+}
+
+/// `ip:port`, `[v6]:port`, or `host:port` (resolved once, first address).
+pub fn resolve_addr(value: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    let bad = |reason: String| ConfigError::Address {
+        value: value.to_string(),
+        reason,
+    };
+    let mut addrs = value.to_socket_addrs().map_err(|e| bad(e.to_string()))?;
+    addrs
+        .next()
+        .ok_or_else(|| bad("name resolves to no address".into()))
+}
+
+/// toml's errors span several lines (with a source excerpt); this keeps the line number and
+/// the message.
+fn one_line_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            format!("line {line}: {}", message.trim())
+        }
+        None => message.trim().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertise_specs() {
+        let spec: AdvertiseSpec = "calc=https://h:9443@60".parse().unwrap();
+        assert_eq!(
+            spec,
+            AdvertiseSpec {
+                service: "calc".into(),
+                endpoint: "https://h:9443".into(),
+                ttl_secs: 60
+            }
+        );
+        let spec: AdvertiseSpec = "calc=https://user@h:9443".parse().unwrap();
+        assert_eq!(spec.endpoint, "https://user@h:9443");
+        assert_eq!(spec.ttl_secs, DEFAULT_TTL_SECS);
+        for bad in ["calc", "=x", "calc=", "calc=x@0", "calc=x@99999999999"] {
+            assert!(bad.parse::<AdvertiseSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file: RunOptions = toml::from_str(
+            "listen = \"127.0.0.1:1\"\nbootstrap = [\"127.0.0.1:2\"]\nk = 8\nalpha = 2\n",
+        )
+        .unwrap();
+        let flags = RunOptions {
+            listen: Some("127.0.0.1:5".into()),
+            alpha: Some(4),
+            ..RunOptions::default()
+        };
+        let s = flags.over(file).resolve().unwrap();
+        assert_eq!(s.listen, "127.0.0.1:5".parse().unwrap());
+        assert_eq!(s.bootstrap, vec!["127.0.0.1:2".parse().unwrap()]);
+        assert_eq!((s.node.k, s.node.alpha), (8, 4));
+    }
+
+    #[test]
+    fn bad_settings_are_one_line_errors() {
+        let e = toml::from_str::<RunOptions>("listen = 1\n").unwrap_err();
+        assert!(!one_line_toml_error("listen = 1\n", &e).contains('\n'));
+        assert!(toml::from_str::<RunOptions>("lisen = \"x\"\n").is_err());
+        assert!(matches!(
+            RunOptions::default().resolve(),
+            Err(ConfigError::NoListen)
+        ));
+        let k0 = RunOptions {
+            listen: Some("127.0.0.1:0".into()),
+            k: Some(0),
+            ..RunOptions::default()
+        };
+        assert!(k0.resolve().is_err());
+        let bad_addr = RunOptions {
+            listen: Some("nonsense".into()),
+            ..RunOptions::default()
+        };
+        assert!(matches!(
+            bad_addr.resolve(),
+            Err(ConfigError::Address { .. })
+        ));
+    }
+}

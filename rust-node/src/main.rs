@@ -1,0 +1,434 @@
+//! `rust-node`: run a native macula_dht node, look a service up as a one-shot client, or
+//! control a running node through its local socket.
+//!
+//! Every failure a user can cause (a bad flag, a port in use, an unreachable bootstrap node, a
+//! bad config file) ends the process with one plain line on stderr and a non-zero status.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{Args, Parser, Subcommand};
+use macula_dht_node::config::{
+    resolve_addr, ConfigError, RunOptions, RunSettings, DEFAULT_TTL_SECS,
+};
+use macula_dht_node::ctl::{self, CtlError, CtlRequest, CtlResponse, CtlServer};
+use macula_dht_node::record::{hex, unix_now};
+use macula_dht_node::{id_hex, Identity, IdentityError, Node, NodeConfig, NodeError, Provider};
+
+#[derive(Parser)]
+#[command(
+    name = "rust-node",
+    version,
+    about = "Native macula_dht node",
+    disable_help_subcommand = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// Look a service up through a node and print its providers (exit 1 if there are none).
+    Discover(DiscoverArgs),
+    /// Advertise, remove or inspect on a running node through its control socket.
+    Ctl(CtlArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Address to listen on (UDP), e.g. 127.0.0.1:4000.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// A node to join through (repeatable).
+    #[arg(long = "bootstrap", value_name = "ADDR")]
+    bootstrap: Vec<String>,
+    /// Key file of the node's identity (created if missing); default: a new identity per run.
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
+    /// Advertise a service from the start (repeatable); TTL in seconds, default 300.
+    #[arg(long = "advertise", value_name = "SERVICE=ENDPOINT[@TTL]")]
+    advertise: Vec<String>,
+    /// Bucket size and replication width (1-64, default 20).
+    #[arg(long, value_name = "N")]
+    k: Option<usize>,
+    /// Lookup requests in flight (1-64, default 3).
+    #[arg(long, value_name = "N")]
+    alpha: Option<usize>,
+    /// TOML file with the same settings (flags override it).
+    #[arg(long, value_name = "FILE.toml")]
+    config: Option<PathBuf>,
+    /// Serve a control socket at this path (mode 0600).
+    #[arg(long, value_name = "PATH")]
+    ctl: Option<PathBuf>,
+    /// Log level on stderr: error, warn, info (default), debug, trace.
+    #[arg(long, value_name = "LEVEL")]
+    log: Option<String>,
+    /// Timeout of one request to a peer, in milliseconds (default 2000).
+    #[arg(long, value_name = "MS")]
+    request_timeout_ms: Option<u64>,
+}
+
+#[derive(Args)]
+struct DiscoverArgs {
+    /// A node to ask first (repeatable).
+    #[arg(long = "bootstrap", value_name = "ADDR", required = true)]
+    bootstrap: Vec<String>,
+    /// The service name.
+    service: String,
+    /// Print the providers as a JSON list.
+    #[arg(long)]
+    json: bool,
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout: u64,
+    /// Stop once this many providers are known.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    want: u64,
+}
+
+#[derive(Args)]
+struct CtlArgs {
+    /// The node's control socket (its `run --ctl PATH`).
+    #[arg(long, value_name = "PATH")]
+    socket: PathBuf,
+    #[command(subcommand)]
+    action: CtlAction,
+}
+
+#[derive(Subcommand)]
+enum CtlAction {
+    /// Advertise SERVICE at ENDPOINT (republished until removed, unless --once).
+    Advertise {
+        service: String,
+        endpoint: String,
+        /// Seconds the record lives without a refresh.
+        #[arg(long, default_value_t = DEFAULT_TTL_SECS, value_parser = clap::value_parser!(u32).range(1..))]
+        ttl: u32,
+        /// A metadata entry (repeatable).
+        #[arg(long = "meta", value_name = "KEY=VALUE")]
+        meta: Vec<String>,
+        /// Publish once and never refresh: the record expires after its ttl.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Stop advertising SERVICE and remove it from the network.
+    Remove { service: String },
+    /// Print the node's id, address, peers and stored records.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Everything that ends the process with status 1.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Ctl(#[from] CtlError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Message(String),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Discover(args) => discover(args),
+        Command::Ctl(args) => control(args),
+    };
+    result.unwrap_or_else(|e| {
+        fail(&e.to_string());
+        ExitCode::FAILURE
+    })
+}
+
+/// Help and version go to stdout as clap formats them; a usage error is one line.
+fn usage_error(e: clap::Error) -> ExitCode {
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+            fail("missing command: run, discover or ctl (see rust-node --help)");
+            ExitCode::from(2)
+        }
+        _ => {
+            // clap's first paragraph is the message (a list of missing arguments spans a few
+            // lines); tips and usage follow after a blank line.
+            let text = e.render().to_string();
+            let first = text.split("\n\n").next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            let words: Vec<&str> = first.split_whitespace().collect();
+            fail(&format!("{} (see rust-node --help)", words.join(" ")));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn fail(message: &str) {
+    let one_line = message.replace('\n', " ");
+    let _ = writeln!(std::io::stderr(), "rust-node: {one_line}");
+}
+
+fn run(args: RunArgs) -> Result<ExitCode, Failure> {
+    let flags = RunOptions {
+        listen: args.listen,
+        bootstrap: (!args.bootstrap.is_empty()).then_some(args.bootstrap),
+        identity: args.identity,
+        advertise: (!args.advertise.is_empty()).then_some(args.advertise),
+        k: args.k,
+        alpha: args.alpha,
+        ctl: args.ctl,
+        log: args.log,
+        request_timeout_ms: args.request_timeout_ms,
+    };
+    let file = match &args.config {
+        Some(path) => RunOptions::from_file(path)?,
+        None => RunOptions::default(),
+    };
+    let settings = flags.over(file).resolve()?;
+    init_logging(&settings.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_node(settings))
+}
+
+async fn run_node(settings: RunSettings) -> Result<ExitCode, Failure> {
+    let identity = match &settings.identity {
+        Some(path) => Identity::load_or_create(path)?,
+        None => Identity::generate()?,
+    };
+    let node = Arc::new(Node::start(&identity, settings.listen, settings.node.clone()).await?);
+    let result = serve_until_signal(&node, &settings).await;
+    node.shutdown().await;
+    result
+}
+
+async fn serve_until_signal(node: &Arc<Node>, settings: &RunSettings) -> Result<ExitCode, Failure> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed first, so a signal during the bootstrap is not lost.
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let startup = async {
+        if !settings.bootstrap.is_empty() {
+            node.bootstrap(&settings.bootstrap).await?;
+        }
+        for spec in &settings.advertise {
+            node.advertise(
+                &spec.service,
+                &spec.endpoint,
+                BTreeMap::new(),
+                spec.ttl_secs,
+            )
+            .await?;
+        }
+        let ctl = match &settings.ctl {
+            Some(path) => Some(CtlServer::bind(path, node.clone())?),
+            None => None,
+        };
+        Ok::<_, Failure>(ctl)
+    };
+    let _ctl = tokio::select! {
+        ctl = startup => ctl?,
+        _ = terminate.recv() => return Ok(ExitCode::SUCCESS),
+        _ = interrupt.recv() => return Ok(ExitCode::SUCCESS),
+    };
+    // The line a supervisor (or a test) waits for.
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
+        "rust-node listening on {} id {}",
+        node.local_addr(),
+        id_hex(&node.id())
+    );
+    let _ = out.flush();
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM, shutting down"),
+        _ = interrupt.recv() => tracing::info!("SIGINT, shutting down"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn discover(args: DiscoverArgs) -> Result<ExitCode, Failure> {
+    init_logging("error");
+    let bootstrap = args
+        .bootstrap
+        .iter()
+        .map(|a| resolve_addr(a))
+        .collect::<Result<Vec<SocketAddr>, _>>()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let found = runtime.block_on(async {
+        let identity = Identity::generate()?;
+        let bind = match bootstrap.first() {
+            Some(SocketAddr::V6(_)) => SocketAddr::from(([0u16; 8], 0)),
+            _ => SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
+        let config = NodeConfig {
+            serve: false,
+            ..NodeConfig::default()
+        };
+        let node = Node::start(&identity, bind, config).await?;
+        let lookup = async {
+            node.contact(&bootstrap).await?;
+            node.discover(&args.service, args.want as usize).await
+        };
+        let found = tokio::time::timeout(Duration::from_secs(args.timeout), lookup).await;
+        node.shutdown().await;
+        match found {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(Failure::Message(format!(
+                "no answer within {}s while looking up {}",
+                args.timeout, args.service
+            ))),
+        }
+    })?;
+    if found.is_empty() {
+        fail(&format!("no provider of {} found", args.service));
+        return Ok(ExitCode::FAILURE);
+    }
+    let now = unix_now();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let list: Vec<serde_json::Value> = found.iter().map(|p| provider_json(p, now)).collect();
+        writeln!(out, "{}", serde_json::Value::Array(list))?;
+    } else {
+        for p in &found {
+            let ttl_left = p
+                .ttl_left(now)
+                .map_or_else(|| "?".to_string(), |s| s.max(0).to_string());
+            let metadata = serde_json::to_string(&p.metadata).unwrap_or_default();
+            writeln!(
+                out,
+                "node_id={} endpoint={} ttl_left={ttl_left}s metadata={metadata}",
+                hex(&p.node_id),
+                p.endpoint.as_deref().unwrap_or("-"),
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn provider_json(p: &Provider, now: u64) -> serde_json::Value {
+    serde_json::json!({
+        "node_id": hex(&p.node_id),
+        "endpoint": p.endpoint,
+        "metadata": p.metadata,
+        "ttl": p.ttl_secs,
+        "ttl_left": p.ttl_left(now).map(|s| s.max(0)),
+        "advertised_at": p.advertised_at,
+    })
+}
+
+fn control(args: CtlArgs) -> Result<ExitCode, Failure> {
+    let (request, verb) = match args.action {
+        CtlAction::Advertise {
+            service,
+            endpoint,
+            ttl,
+            meta,
+            once,
+        } => {
+            let mut metadata = BTreeMap::new();
+            for entry in meta {
+                let (k, v) = entry.split_once('=').ok_or_else(|| {
+                    Failure::Message(format!("invalid --meta {entry:?}: expected KEY=VALUE"))
+                })?;
+                metadata.insert(k.to_string(), v.to_string());
+            }
+            let request = CtlRequest::Advertise {
+                service: service.clone(),
+                endpoint,
+                ttl,
+                metadata,
+                once,
+            };
+            (request, format!("advertised {service}"))
+        }
+        CtlAction::Remove { service } => (
+            CtlRequest::Remove {
+                service: service.clone(),
+            },
+            format!("removed {service}"),
+        ),
+        CtlAction::Status { json } => {
+            return print_status(ctl::call(&args.socket, &CtlRequest::Status)?, json);
+        }
+    };
+    match ctl::call(&args.socket, &request)? {
+        CtlResponse::Published(p) => {
+            println!(
+                "{verb}: key {}, acknowledged by {} of {} closest nodes",
+                p.key, p.acked, p.targets
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        CtlResponse::Error { message } => Err(Failure::Message(message)),
+        CtlResponse::Status(_) => Err(Failure::Message("unexpected status reply".into())),
+    }
+}
+
+fn print_status(reply: CtlResponse, json: bool) -> Result<ExitCode, Failure> {
+    let status = match reply {
+        CtlResponse::Status(status) => status,
+        CtlResponse::Error { message } => return Err(Failure::Message(message)),
+        CtlResponse::Published(_) => {
+            return Err(Failure::Message("unexpected reply to status".into()))
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&status).unwrap_or_default()
+        )?;
+    } else {
+        writeln!(out, "id: {}", status.id)?;
+        writeln!(out, "addr: {}", status.addr)?;
+        writeln!(out, "peers: {}", status.peers)?;
+        writeln!(out, "keys: {}", status.keys)?;
+        writeln!(out, "records: {}", status.records)?;
+        writeln!(out, "tombstones: {}", status.tombstones)?;
+        writeln!(out, "adverts: {}", status.adverts.join(" "))?;
+        writeln!(
+            out,
+            "requests: {} ({} bad)",
+            status.requests, status.bad_requests
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs to stderr at `level` (already validated; anything else means `info`).
+fn init_logging(level: &str) {
+    let level = level.parse().unwrap_or(tracing::Level::INFO);
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .try_init();
+}

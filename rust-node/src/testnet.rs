@@ -1,0 +1,82 @@
+//! Many nodes in one process, on 127.0.0.1, for tests and benches.
+//!
+//! Every node binds port 0 and bootstraps off the first one, in order, so that by the end each
+//! node has met the first and, through its own-id lookup, its neighbourhood. Identities are
+//! fresh for each run.
+
+use std::net::SocketAddr;
+
+use crate::identity::Identity;
+use crate::node::{Node, NodeConfig, NodeError};
+
+/// A running in-process network.
+#[derive(Debug)]
+pub struct Testnet {
+    nodes: Vec<Node>,
+}
+
+impl Testnet {
+    /// Starts `n` nodes (at least 1) with `config` and bootstraps nodes 1.. off node 0.
+    pub async fn start(n: usize, config: NodeConfig) -> Result<Testnet, NodeError> {
+        let loopback: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut nodes = Vec::with_capacity(n.max(1));
+        for i in 0..n.max(1) {
+            let identity = Identity::generate().map_err(|e| NodeError::Config(e.to_string()))?;
+            let node = Node::start(&identity, loopback, config.clone()).await?;
+            if i > 0 {
+                node.bootstrap(&[nodes_first_addr(&nodes)]).await?;
+            }
+            nodes.push(node);
+        }
+        Ok(Testnet { nodes })
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub fn node(&self, i: usize) -> Option<&Node> {
+        self.nodes.get(i)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The address of node 0, to bootstrap more nodes (or clients) off it.
+    pub fn bootstrap_addr(&self) -> SocketAddr {
+        nodes_first_addr(&self.nodes)
+    }
+
+    /// Shuts down node `i` and takes it out of the network (its records are not withdrawn);
+    /// later indices shift down. Returns false if there is no such node.
+    pub async fn stop(&mut self, i: usize) -> bool {
+        if i >= self.nodes.len() {
+            return false;
+        }
+        let node = self.nodes.remove(i);
+        node.shutdown().await;
+        true
+    }
+
+    /// Shuts every node down, all at once.
+    pub async fn shutdown(self) {
+        let mut closing = tokio::task::JoinSet::new();
+        for node in self.nodes {
+            closing.spawn(async move { node.shutdown().await });
+        }
+        while closing.join_next().await.is_some() {}
+    }
+}
+
+/// Node 0's address; `start` always creates node 0 before calling this.
+fn nodes_first_addr(nodes: &[Node]) -> SocketAddr {
+    nodes
+        .first()
+        .map(Node::local_addr)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+}

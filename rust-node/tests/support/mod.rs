@@ -1,0 +1,41 @@
+//! Helpers shared by the in-process node tests.
+#![allow(dead_code)]
+
+pub mod procs;
+
+use std::future::Future;
+use std::time::Duration;
+
+use macula_dht_node::{NodeConfig, TransportConfig};
+
+/// Production settings with short timers, so expiry and republish show within seconds.
+pub fn fast_config() -> NodeConfig {
+    NodeConfig {
+        tick: Duration::from_millis(100),
+        refresh_interval: Duration::from_secs(5),
+        republish_floor: Duration::from_secs(1),
+        transport: TransportConfig {
+            request_timeout: Duration::from_millis(1000),
+            ..TransportConfig::default()
+        },
+        ..NodeConfig::default()
+    }
+}
+
+/// Polls `check` every 50 ms until it holds or `within` has passed; returns whether it held.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
