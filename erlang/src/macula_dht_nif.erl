@@ -8,7 +8,7 @@
 -export([new/2, close/1,
          store_put/3, store_get/2, store_delete/3, store_keys/1, store_expire/1,
          table_add/2, table_remove/2, table_closest/3, table_size/1, table_buckets/1,
-         stats/1]).
+         stats/1, sha256/1]).
 
 -on_load(load/0).
 
@@ -46,5 +46,6 @@ table_closest(_Node, _Target, _Count) -> nif_error().
 table_size(_Node) -> nif_error().
 table_buckets(_Node) -> nif_error().
 stats(_Node) -> nif_error().
+sha256(_Data) -> nif_error().
 
 nif_error() -> erlang:nif_error(nif_not_loaded).

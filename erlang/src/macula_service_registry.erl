@@ -165,7 +165,7 @@ clear_subscriber_cache(Registry) ->
 %% @doc The DHT key of a service or topic: its raw 32-byte SHA-256.
 -spec service_key(service_id()) -> <<_:256>>.
 service_key(ServiceId) when is_binary(ServiceId) ->
-    crypto:hash(sha256, ServiceId).
+    macula_dht_nif:sha256(ServiceId).
 
 %% @doc Stores `ProviderInfo#{ttl => TTL, advertised_at => UnixSeconds}'
 %% under the service key (the server replicates it to its own k closest

@@ -17,6 +17,7 @@ use macula_dht::store::StoreLimits;
 use macula_dht::table::TableConfig;
 use macula_dht::{etf, NodeId};
 use rustler::{Binary, Encoder, Env, LocalPid, NifResult, ResourceArc, Term};
+use sha2::{Digest, Sha256};
 
 use node::{unix_ms, Node};
 use reply::atoms;
@@ -244,6 +245,14 @@ fn table_buckets<'a>(env: Env<'a>, node: &'a Node) -> Term<'a> {
         }
     }
     buckets.encode(env)
+}
+
+/// SHA-256 of a binary: the DHT key of a service (`macula_service_registry:service_key/1`).
+/// Hashing 32-odd bytes here costs a fraction of `crypto:hash/2`, which sets up an OpenSSL
+/// context per call, and every publish and discover hashes its service id.
+#[rustler::nif]
+fn sha256<'a>(env: Env<'a>, data: Binary<'a>) -> Term<'a> {
+    reply::binary(env, &Sha256::digest(data.as_slice()))
 }
 
 #[rustler::nif]
