@@ -366,6 +366,9 @@ fn purge<'t>(
     counts.expired += records as u64;
     match next_expiry {
         Some(at) => {
+            // Every record left expires after `now`; scheduling after `now` regardless keeps
+            // `expire` from popping this key again in the same pass, whatever the records say.
+            let at = at.max(now_ms.saturating_add(1));
             let entry = slot.into_mut();
             entry.set_scheduled(at);
             expiry.push(at, hash);
