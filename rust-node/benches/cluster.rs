@@ -20,10 +20,10 @@ use std::time::Instant;
 
 use macula_dht::wire::{Request, Response};
 use macula_dht_node::record::Advertisement;
-use macula_dht_node::{
-    service_key, Endpoint, Identity, Node, NodeConfig, NodeId, Testnet, TransportConfig,
-};
-use tokio::runtime::Runtime;
+use macula_dht_node::{service_key, Endpoint, Identity, Node, NodeConfig, NodeId, Testnet};
+
+mod support;
+use support::{client_endpoint, current_thread, percentile, ServerThread};
 
 const SEQUENTIAL: usize = 20_000;
 const CALLERS: usize = 64;
@@ -38,42 +38,19 @@ struct Row {
     ours: f64,
 }
 
-fn current_thread() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-fn percentile<T: Copy + Ord>(sorted: &[T], p: f64) -> T {
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
-}
-
-/// A node on its own thread and runtime; its address and a stopper.
-fn start_server() -> (
-    SocketAddr,
-    std::sync::mpsc::Sender<()>,
-    std::thread::JoinHandle<()>,
-) {
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        current_thread().block_on(async move {
-            let node = Node::start(
-                &Identity::generate().expect("identity"),
-                "127.0.0.1:0".parse().expect("addr"),
-                NodeConfig::default(),
-            )
-            .await
-            .expect("node");
-            addr_tx.send(node.local_addr()).expect("send addr");
-            let stop = tokio::task::spawn_blocking(move || stop_rx.recv());
-            let _ = stop.await;
-            node.shutdown().await;
-        });
-    });
-    let addr = addr_rx.recv().expect("server address");
-    (addr, stop_tx, thread)
+/// A node on its own thread and runtime.
+fn start_server() -> ServerThread {
+    ServerThread::start(|| async {
+        let node = Node::start(
+            &Identity::generate().expect("identity"),
+            "127.0.0.1:0".parse().expect("addr"),
+            NodeConfig::default(),
+        )
+        .await
+        .expect("node");
+        let addr = node.local_addr();
+        (addr, async move { node.shutdown().await })
+    })
 }
 
 async fn find_value(client: &Endpoint, addr: SocketAddr, frame: &[u8]) -> usize {
@@ -89,15 +66,11 @@ async fn find_value(client: &Endpoint, addr: SocketAddr, frame: &[u8]) -> usize 
 
 fn one_hop(rows: &mut Vec<Row>) {
     let key = service_key("bench.one_hop");
-    let (addr, stop, server) = start_server();
+    let server = start_server();
+    let addr = server.addr;
     let rt = current_thread();
     let client = rt.block_on(async {
-        let client = Endpoint::bind(
-            "127.0.0.1:0".parse().expect("addr"),
-            &Identity::generate().expect("identity"),
-            TransportConfig::default(),
-        )
-        .expect("bind client");
+        let client = client_endpoint();
         for i in 0..3u8 {
             let ad = Advertisement {
                 endpoint: format!("https://provider-{i}.example:9443"),
@@ -168,8 +141,7 @@ fn one_hop(rows: &mut Vec<Row>) {
         ours: rps,
     });
     rt.block_on(client.close());
-    let _ = stop.send(());
-    let _ = server.join();
+    server.stop();
 }
 
 fn lookups(rows: &mut Vec<Row>) {

@@ -12,48 +12,25 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use macula_dht_node::{Endpoint, Identity, Peer, TransportConfig};
+use macula_dht_node::{Endpoint, Peer};
 use tokio::runtime::Runtime;
+
+mod support;
+use support::{client_endpoint, current_thread, percentile, ServerThread};
 
 const CALLERS: usize = 64;
 const FRAME: &[u8] = b"find_value:0123456789abcdef";
 
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-/// Starts an echo server on its own thread and runtime; returns its address and a stopper.
-fn start_server() -> (
-    SocketAddr,
-    std::sync::mpsc::Sender<()>,
-    std::thread::JoinHandle<()>,
-) {
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let rt = runtime();
-        rt.block_on(async move {
-            let server = Endpoint::bind(
-                "127.0.0.1:0".parse().expect("addr"),
-                &Identity::generate().expect("identity"),
-                TransportConfig::default(),
-            )
-            .expect("bind server");
-            server
-                .serve(|_peer: Peer, frame: Vec<u8>| async move { frame })
-                .expect("serve");
-            addr_tx.send(server.local_addr()).expect("send addr");
-            // Park until told to stop, without blocking the runtime's thread.
-            let stop = tokio::task::spawn_blocking(move || stop_rx.recv());
-            let _ = stop.await;
-            server.close().await;
-        });
-    });
-    let addr = addr_rx.recv().expect("server address");
-    (addr, stop_tx, thread)
+/// An echo server on its own thread and runtime.
+fn start_server() -> ServerThread {
+    ServerThread::start(|| async {
+        let server = client_endpoint();
+        server
+            .serve(|_peer: Peer, frame: Vec<u8>| async move { frame })
+            .expect("serve");
+        let addr = server.local_addr();
+        (addr, async move { server.close().await })
+    })
 }
 
 fn bench_transport(c: &mut Criterion, rt: &Runtime, client: &Endpoint, addr: SocketAddr) {
@@ -117,7 +94,7 @@ fn percentiles(rt: &Runtime, client: &Endpoint, addr: SocketAddr) {
         lat
     });
     lat.sort_unstable();
-    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    let pct = |p: f64| percentile(&lat, p);
     println!(
         "round trip, {SAMPLES} sequential requests ({} B frame): p50 {:?}  p90 {:?}  p99 {:?}  max {:?}",
         FRAME.len(),
@@ -135,15 +112,11 @@ fn percentiles(rt: &Runtime, client: &Endpoint, addr: SocketAddr) {
 }
 
 fn main() {
-    let (addr, stop, server_thread) = start_server();
-    let rt = runtime();
+    let server = start_server();
+    let addr = server.addr;
+    let rt = current_thread();
     let client = rt.block_on(async {
-        let client = Endpoint::bind(
-            "127.0.0.1:0".parse().expect("addr"),
-            &Identity::generate().expect("identity"),
-            TransportConfig::default(),
-        )
-        .expect("bind client");
+        let client = client_endpoint();
         // Warm up: dial and settle the connection.
         for _ in 0..1_000 {
             client
@@ -160,6 +133,5 @@ fn main() {
     percentiles(&rt, &client, addr);
 
     rt.block_on(client.close());
-    let _ = stop.send(());
-    let _ = server_thread.join();
+    server.stop();
 }

@@ -1,0 +1,69 @@
+//! What the node benches share: a server on its own OS thread and single-threaded runtime (like
+//! a separate node process on this machine), a client endpoint, percentiles.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use macula_dht_node::{Endpoint, Identity, TransportConfig};
+use tokio::runtime::Runtime;
+
+pub fn current_thread() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// The value at fraction `p` of an ascending `sorted`.
+pub fn percentile<T: Copy + Ord>(sorted: &[T], p: f64) -> T {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// A client endpoint on a free loopback port with a fresh identity.
+pub fn client_endpoint() -> Endpoint {
+    Endpoint::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        &Identity::generate().expect("identity"),
+        TransportConfig::default(),
+    )
+    .expect("bind client")
+}
+
+/// A server running on its own thread until [`ServerThread::stop`].
+pub struct ServerThread {
+    pub addr: SocketAddr,
+    stop: mpsc::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl ServerThread {
+    /// Runs `start` on the new thread's runtime; it returns the server's address and the future
+    /// that shuts it down (which owns the server, keeping it alive until then).
+    pub fn start<F, Fut, Close>(start: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = (SocketAddr, Close)>,
+        Close: Future<Output = ()>,
+    {
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let (stop, stop_rx) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            current_thread().block_on(async move {
+                let (addr, close) = start().await;
+                addr_tx.send(addr).expect("send addr");
+                // Park until told to stop, without blocking the runtime's thread.
+                let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+                close.await;
+            });
+        });
+        let addr = addr_rx.recv().expect("server address");
+        ServerThread { addr, stop, thread }
+    }
+
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
