@@ -308,12 +308,7 @@ impl Node {
         metadata: BTreeMap<String, String>,
         ttl_secs: u32,
     ) -> Result<Published, NodeError> {
-        let ad = Advertisement {
-            endpoint: endpoint.to_string(),
-            metadata,
-            ttl_secs,
-        };
-        self.shared.advertise(service, ad, true).await
+        self.advertise_with(service, endpoint, metadata, ttl_secs, true).await
     }
 
     /// Like [`Node::advertise`] but published once: nobody refreshes it, so it expires
@@ -325,12 +320,23 @@ impl Node {
         metadata: BTreeMap<String, String>,
         ttl_secs: u32,
     ) -> Result<Published, NodeError> {
+        self.advertise_with(service, endpoint, metadata, ttl_secs, false).await
+    }
+
+    async fn advertise_with(
+        &self,
+        service: &str,
+        endpoint: &str,
+        metadata: BTreeMap<String, String>,
+        ttl_secs: u32,
+        refresh: bool,
+    ) -> Result<Published, NodeError> {
         let ad = Advertisement {
             endpoint: endpoint.to_string(),
             metadata,
             ttl_secs,
         };
-        self.shared.advertise(service, ad, false).await
+        self.shared.advertise(service, ad, refresh).await
     }
 
     /// Stops advertising `service`: removes this node's provider locally and sends REMOVE to the
