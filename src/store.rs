@@ -15,7 +15,7 @@ use hashbrown::HashTable;
 
 use crate::etf;
 use crate::provider::{ProviderError, ProviderRecord};
-use entry::{KeyEntry, NewRecord, Purged, Upsert};
+use entry::{KeyEntry, NewRecord, Purged, Record, Upsert};
 use expiry::ExpiryIndex;
 
 /// Hard caps and TTL policy of a [`ProviderStore`].
@@ -167,11 +167,7 @@ impl ProviderStore {
     /// Live providers (`expires_at > now`) under key in stored order, as term bytes without the
     /// version byte; empty when the key is absent.
     pub fn providers(&self, key: &[u8], now_ms: u64) -> impl Iterator<Item = &[u8]> + '_ {
-        self.entry(key)
-            .into_iter()
-            .flat_map(KeyEntry::records)
-            .filter(move |r| r.expires_at > now_ms)
-            .map(|r| r.term)
+        self.live_records(key, now_ms).map(|r| r.term)
     }
 
     /// Appends the live providers of key to `out` as one versioned ETF list (the empty list when
@@ -179,9 +175,8 @@ impl ProviderStore {
     /// stays true without a write: the earliest expiry among them.
     pub fn write_list(&self, key: &[u8], now_ms: u64, out: &mut Vec<u8>) -> Listed {
         let mut listed = Listed { count: 0, valid_until_ms: u64::MAX };
-        let live = self.entry(key).into_iter().flat_map(KeyEntry::records).filter(|r| r.expires_at > now_ms);
         etf::write_list(
-            live.map(|r| {
+            self.live_records(key, now_ms).map(|r| {
                 listed.count += 1;
                 listed.valid_until_ms = listed.valid_until_ms.min(r.expires_at);
                 r.term
@@ -189,6 +184,14 @@ impl ProviderStore {
             out,
         );
         listed
+    }
+
+    /// The records under `key` that have not expired at `now_ms`, in stored order.
+    fn live_records(&self, key: &[u8], now_ms: u64) -> impl Iterator<Item = Record<'_>> + '_ {
+        self.entry(key)
+            .into_iter()
+            .flat_map(KeyEntry::records)
+            .filter(move |r| r.expires_at > now_ms)
     }
 
     /// Removes every record with `expires_at <= now`; returns how many. The work is proportional
