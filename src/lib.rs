@@ -25,4 +25,4 @@ pub use id::{Distance, NodeId, ID_LEN};
 pub use lookup::{FoundProvider, Lookup, LookupConfig, Outcome};
 pub use provider::{ProviderError, ProviderRecord};
 pub use store::{Listed, ProviderStore, StoreError, StoreLimits, StoreStats, Upserted};
-pub use table::{Inserted, RoutingTable, TableConfig};
+pub use table::{Inserted, Removed, RoutingTable, TableConfig};

@@ -174,7 +174,10 @@ impl ProviderStore {
     /// none is live or the key is absent) and says how many there are and until when that list
     /// stays true without a write: the earliest expiry among them.
     pub fn write_list(&self, key: &[u8], now_ms: u64, out: &mut Vec<u8>) -> Listed {
-        let mut listed = Listed { count: 0, valid_until_ms: u64::MAX };
+        let mut listed = Listed {
+            count: 0,
+            valid_until_ms: u64::MAX,
+        };
         etf::write_list(
             self.live_records(key, now_ms).map(|r| {
                 listed.count += 1;
@@ -633,18 +636,36 @@ mod tests {
     fn write_list_appends_live_providers() {
         let mut s = ProviderStore::new(StoreLimits::default());
         let mut out = Vec::new();
-        assert_eq!(s.write_list(b"k", 0, &mut out), Listed { count: 0, valid_until_ms: u64::MAX });
+        assert_eq!(
+            s.write_list(b"k", 0, &mut out),
+            Listed {
+                count: 0,
+                valid_until_ms: u64::MAX
+            }
+        );
         assert_eq!(out, [131, 106]);
         let (a, b) = (with_ttl("a", 1), with_ttl("b", 10));
         s.upsert(b"k", &a, 0).unwrap();
         s.upsert(b"k", &b, 0).unwrap();
         out.clear();
         // valid until the first of the two expires (ttl 1 s)
-        assert_eq!(s.write_list(b"k", 0, &mut out), Listed { count: 2, valid_until_ms: S });
+        assert_eq!(
+            s.write_list(b"k", 0, &mut out),
+            Listed {
+                count: 2,
+                valid_until_ms: S
+            }
+        );
         let expected = [&[131, 108, 0, 0, 0, 2][..], &b[1..], &a[1..], &[106]].concat();
         assert_eq!(out, expected);
         out.clear();
-        assert_eq!(s.write_list(b"k", S, &mut out), Listed { count: 1, valid_until_ms: 10 * S });
+        assert_eq!(
+            s.write_list(b"k", S, &mut out),
+            Listed {
+                count: 1,
+                valid_until_ms: 10 * S
+            }
+        );
         assert_eq!(out, [&[131, 108, 0, 0, 0, 1][..], &b[1..], &[106]].concat());
     }
 

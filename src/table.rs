@@ -40,6 +40,24 @@ pub enum Inserted {
     Local,
 }
 
+/// What [`RoutingTable::remove`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    Unknown,
+    /// The id was only in a replacement cache.
+    Replacement,
+    /// The id left its bucket; `promoted` is the replacement that took its slot.
+    Node {
+        promoted: Option<NodeId>,
+    },
+}
+
+impl Removed {
+    pub fn was_known(self) -> bool {
+        self != Removed::Unknown
+    }
+}
+
 /// Known nodes and their info `T`, organised by XOR distance to the local id.
 #[derive(Debug, Clone)]
 pub struct RoutingTable<T> {
@@ -112,24 +130,28 @@ impl<T> RoutingTable<T> {
     }
 
     /// Removes a node from its bucket or its replacement cache. When a bucket slot frees up, the
-    /// most recently seen replacement moves into the bucket. Returns whether the id was known.
-    pub fn remove(&mut self, id: &NodeId) -> bool {
+    /// most recently seen replacement moves into the bucket.
+    pub fn remove(&mut self, id: &NodeId) -> Removed {
         let Some(bucket) = self.buckets.get_mut(self.local.bucket_index(id) as usize) else {
-            return false;
+            return Removed::Unknown;
         };
         if self.nodes.remove(id).is_none() {
-            return bucket.forget(id).is_some();
+            return match bucket.forget(id) {
+                Some(_) => Removed::Replacement,
+                None => Removed::Unknown,
+            };
         }
         bucket.nodes.retain(|n| n != id);
         if let Ok(at) = self.sorted.binary_search(id) {
             self.sorted.remove(at);
         }
-        if let Some((promoted, info)) = bucket.replacements.pop() {
+        let promoted = bucket.replacements.pop().map(|(promoted, info)| {
             bucket.nodes.push(promoted);
             self.nodes.insert(promoted, info);
             sorted_insert(&mut self.sorted, promoted);
-        }
-        true
+            promoted
+        });
+        Removed::Node { promoted }
     }
 
     /// Info of a node in a bucket (not of the replacement caches).
@@ -267,7 +289,7 @@ mod tests {
         let mut t = table(2, 1);
         assert_eq!(t.insert(id(&[]), 1), Inserted::Local);
         assert!(t.is_empty());
-        assert!(!t.remove(&id(&[])));
+        assert_eq!(t.remove(&id(&[])), Removed::Unknown);
     }
 
     #[test]
@@ -299,13 +321,18 @@ mod tests {
         assert_eq!(t.get(&ids[2]), None);
         // The cache holds the two most recent (3, 4); 2 was dropped. Seeing 3 again refreshes it.
         assert_eq!(t.insert(ids[3], 33), Inserted::Pending);
-        assert!(!t.remove(&ids[2]));
-        assert!(t.remove(&ids[0]));
+        assert_eq!(t.remove(&ids[2]), Removed::Unknown);
+        assert_eq!(
+            t.remove(&ids[0]),
+            Removed::Node {
+                promoted: Some(ids[3])
+            }
+        );
         assert_eq!(bucket_ids(&t, 0), vec![ids[1], ids[3]]);
         assert_eq!(t.get(&ids[3]), Some(&33));
         // Removing a cached node empties the cache without touching the bucket.
-        assert!(t.remove(&ids[4]));
-        assert!(t.remove(&ids[1]));
+        assert_eq!(t.remove(&ids[4]), Removed::Replacement);
+        assert_eq!(t.remove(&ids[1]), Removed::Node { promoted: None });
         assert_eq!(bucket_ids(&t, 0), vec![ids[3]]);
         assert_eq!(t.insert(ids[5], 5), Inserted::Added);
     }

@@ -230,8 +230,14 @@ impl StoreModel {
             let mut list = Vec::new();
             let listed = store.write_list(&key, now, &mut list);
             prop_assert_eq!(listed.count, live.len());
-            let earliest = self.position(&key).into_iter().flat_map(|i| &self.keys[i].1)
-                .map(|r| r.2).filter(|&at| at > now).min().unwrap_or(u64::MAX);
+            let earliest = self
+                .position(&key)
+                .into_iter()
+                .flat_map(|i| &self.keys[i].1)
+                .map(|r| r.2)
+                .filter(|&at| at > now)
+                .min()
+                .unwrap_or(u64::MAX);
             prop_assert_eq!(listed.valid_until_ms, earliest);
             prop_assert_eq!(store.contains_key(&key), self.position(&key).is_some());
         }
@@ -352,7 +358,7 @@ proptest! {
                 TableOp::Remove(id) => {
                     let known = model.iter().any(|(m, _)| *m == id);
                     model.retain(|(m, _)| *m != id);
-                    prop_assert_eq!(table.remove(&id), known);
+                    prop_assert_eq!(table.remove(&id).was_known(), known);
                 }
                 TableOp::Closest(target, n) => {
                     prop_assert_eq!(owned(table.closest(&target, n)), sorted_closest(model.clone(), &target, n));

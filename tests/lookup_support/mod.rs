@@ -34,7 +34,7 @@ impl Rng {
 
     /// Uniform enough in `0..n` for a test (n is far below 2^32).
     pub fn below(&mut self, n: usize) -> usize {
-        ((self.next() >> 32) * n as u64 >> 32) as usize
+        (((self.next() >> 32) * n as u64) >> 32) as usize
     }
 
     pub fn id(&mut self) -> NodeId {
