@@ -11,6 +11,7 @@
 //! - [`node`]: the DHT runtime: answering requests, lookups, replication, removal, expiry,
 //!   republish, hand-off and refresh, behind an async client API;
 //! - [`record`]: the provider map a node advertises, written and read;
+//! - [`shared_store`]: the provider store a node serves from, shareable with its host;
 //! - [`ctl`]: the local control socket of a running node;
 //! - [`config`]: the `rust-node run` settings, from flags and a TOML file;
 //! - [`testnet`]: many nodes in one process, for tests and benches.
@@ -20,6 +21,7 @@ pub mod ctl;
 pub mod identity;
 pub mod node;
 pub mod record;
+pub mod shared_store;
 pub mod testnet;
 pub mod tls;
 mod tombstones;
@@ -27,8 +29,12 @@ pub mod transport;
 
 pub use identity::{id_hex, node_id_from_public_key, Identity, IdentityError};
 pub use macula_dht::NodeId;
-pub use node::{LookupReport, Node, NodeConfig, NodeError, Published, Status};
+pub use node::{
+    Event, EventSink, Host, LookupKind, LookupReport, LookupSummary, Node, NodeConfig, NodeError,
+    Published, Status,
+};
 pub use record::{service_key, Advertisement, Provider};
+pub use shared_store::SharedStore;
 pub use testnet::Testnet;
 
 pub use tls::{certificate_id, peer_id, TlsContext, TlsError, ALPN};

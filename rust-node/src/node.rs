@@ -20,6 +20,7 @@
 //! verified, the hand-off queue and the keys handed off per newcomer, plus the transport's own
 //! bounds on requests, connections and frames.
 
+mod events;
 mod inbound;
 mod maintenance;
 mod outbound;
@@ -29,10 +30,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use macula_dht::wire::{NodeInfo, Request, MAX_NODES};
-use macula_dht::{NodeId, ProviderStore, RoutingTable, StoreError, StoreLimits, TableConfig};
+use macula_dht::{NodeId, RoutingTable, StoreError, StoreLimits, TableConfig};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
@@ -40,8 +41,12 @@ use tokio::task::JoinHandle;
 
 use crate::identity::{id_hex, Identity};
 use crate::record::{service_key, Advertisement, Provider, RecordError};
+use crate::shared_store::SharedStore;
 use crate::tombstones::Tombstones;
+
 use crate::transport::{Endpoint, TransportConfig, TransportError};
+use events::LookupLatencies;
+pub use events::{Event, EventSink, LookupKind, LookupSummary};
 
 /// Most bootstrap addresses remembered for re-joining.
 const MAX_SEEDS: usize = 16;
@@ -60,7 +65,11 @@ pub struct NodeConfig {
     /// it stores nothing for others and runs no timers.
     pub serve: bool,
     pub transport: TransportConfig,
+    /// Limits of the store [`Node::start`] creates (a host passing its own store sets its own).
     pub store: StoreLimits,
+    /// Longest a lookup may run, waiting for a free lookup slot included; it then ends with
+    /// what it has found.
+    pub lookup_timeout: Duration,
     /// Period of the housekeeping timer: record expiry, tombstone purge, due republishes.
     pub tick: Duration,
     /// Period of bucket refresh (and of re-joining through the bootstrap nodes when the table
@@ -97,6 +106,7 @@ impl Default for NodeConfig {
             serve: true,
             transport: TransportConfig::default(),
             store: StoreLimits::default(),
+            lookup_timeout: Duration::from_secs(5),
             tick: Duration::from_secs(1),
             refresh_interval: Duration::from_secs(60),
             refresh_buckets: 4,
@@ -114,7 +124,8 @@ impl Default for NodeConfig {
 }
 
 impl NodeConfig {
-    fn validate(&self) -> Result<(), NodeError> {
+    /// Checks every bound; `Node::start` refuses a config that fails this.
+    pub fn validate(&self) -> Result<(), NodeError> {
         let bad = |what: &str| Err(NodeError::Config(what.to_string()));
         if !(1..=MAX_NODES).contains(&self.k) {
             return bad("k must be between 1 and 64");
@@ -122,9 +133,14 @@ impl NodeConfig {
         if !(1..=64).contains(&self.alpha) {
             return bad("alpha must be between 1 and 64");
         }
-        if self.tick.is_zero() || self.refresh_interval.is_zero() || self.republish_floor.is_zero()
+        if self.tick.is_zero()
+            || self.refresh_interval.is_zero()
+            || self.republish_floor.is_zero()
+            || self.lookup_timeout.is_zero()
         {
-            return bad("tick, refresh_interval and republish_floor must be positive");
+            return bad(
+                "tick, refresh_interval, republish_floor and lookup_timeout must be positive",
+            );
         }
         let counts = [
             self.max_lookups,
@@ -198,6 +214,8 @@ pub struct LookupReport {
     pub elapsed: Duration,
     /// When the first provider arrived, if any did.
     pub first_provider: Option<Duration>,
+    /// The lookup hit `lookup_timeout` and returns what it had by then.
+    pub timed_out: bool,
 }
 
 /// A snapshot of a node's state, for `rust-node ctl status`.
@@ -213,6 +231,21 @@ pub struct Status {
     pub adverts: Vec<String>,
     pub requests: u64,
     pub bad_requests: u64,
+    /// Lookups run (FIND_NODE and FIND_VALUE), and of those, how many hit `lookup_timeout`.
+    pub lookups: u64,
+    pub lookup_timeouts: u64,
+    /// Median and 99th percentile duration of the most recent lookups, in microseconds.
+    pub lookup_p50_us: u64,
+    pub lookup_p99_us: u64,
+}
+
+/// What a host embedding a node provides. `Default`: a store of its own and no events.
+#[derive(Clone, Default)]
+pub struct Host {
+    /// The store to serve from, shared with the host; `None` makes one from `NodeConfig::store`.
+    pub store: Option<Arc<SharedStore>>,
+    /// Receives the node's [`Event`]s, on the runtime's threads.
+    pub events: Option<EventSink>,
 }
 
 /// A running DHT node. Dropping it stops its timers; [`Node::shutdown`] also closes the endpoint
@@ -231,14 +264,26 @@ impl Node {
         listen: SocketAddr,
         config: NodeConfig,
     ) -> Result<Node, NodeError> {
+        Node::start_hosted(identity, listen, config, Host::default()).await
+    }
+
+    /// [`Node::start`] inside a host that shares its store and hears the node's events.
+    pub async fn start_hosted(
+        identity: &Identity,
+        listen: SocketAddr,
+        config: NodeConfig,
+        host: Host,
+    ) -> Result<Node, NodeError> {
         config.validate()?;
         let endpoint = Endpoint::bind(listen, identity, config.transport.clone())?;
         let (handoff_tx, handoff_rx) = mpsc::channel(config.handoff_queue);
         let id = identity.id();
+        let store = host
+            .store
+            .unwrap_or_else(|| Arc::new(SharedStore::new(config.store.clone())));
         let shared = Arc::new(Shared {
             id,
             endpoint,
-            clock: Instant::now(),
             table: Mutex::new(RoutingTable::new(
                 id,
                 TableConfig {
@@ -246,7 +291,8 @@ impl Node {
                     replacements: config.replacements,
                 },
             )),
-            store: Mutex::new(ProviderStore::new(config.store.clone())),
+            store,
+            events: host.events,
             tombstones: Mutex::new(Tombstones::new(config.max_tombstones)),
             adverts: Mutex::new(HashMap::new()),
             seeds: Mutex::new(Vec::new()),
@@ -254,6 +300,7 @@ impl Node {
             lookups: Semaphore::new(config.max_lookups),
             handoff: handoff_tx,
             counters: Counters::default(),
+            latencies: Mutex::new(LookupLatencies::default()),
             refresh_cursor: AtomicUsize::new(0),
             refreshing: AtomicBool::new(false),
             config,
@@ -308,7 +355,8 @@ impl Node {
         metadata: BTreeMap<String, String>,
         ttl_secs: u32,
     ) -> Result<Published, NodeError> {
-        self.advertise_with(service, endpoint, metadata, ttl_secs, true).await
+        self.advertise_with(service, endpoint, metadata, ttl_secs, true)
+            .await
     }
 
     /// Like [`Node::advertise`] but published once: nobody refreshes it, so it expires
@@ -320,7 +368,8 @@ impl Node {
         metadata: BTreeMap<String, String>,
         ttl_secs: u32,
     ) -> Result<Published, NodeError> {
-        self.advertise_with(service, endpoint, metadata, ttl_secs, false).await
+        self.advertise_with(service, endpoint, metadata, ttl_secs, false)
+            .await
     }
 
     async fn advertise_with(
@@ -384,6 +433,26 @@ impl Node {
             .await
     }
 
+    /// Sends a record this node holds under `key` (versioned ETF) to the `k` closest nodes of
+    /// `key` (STORE). Nobody republishes it: the caller does, as Macula's advertisers do.
+    pub async fn replicate(&self, key: &[u8], etf: &[u8]) -> Result<Published, NodeError> {
+        self.shared.replicate_record(key, etf).await
+    }
+
+    /// Removes `node_id`'s provider under `key` here at once (leaving a tombstone); the returned
+    /// future sends REMOVE to the `k` closest nodes of `key`, which keep a tombstone too so late
+    /// copies stay out.
+    pub fn remove(
+        &self,
+        key: &[u8],
+        node_id: &[u8],
+    ) -> impl std::future::Future<Output = Result<Published, NodeError>> + Send + 'static {
+        self.shared.remove_with_tombstone(key, node_id);
+        let shared = self.shared.clone();
+        let (key, node_id) = (key.to_vec(), node_id.to_vec());
+        async move { shared.send_remove(&key, &node_id).await }
+    }
+
     /// The live providers this node holds under `key`.
     pub fn local_providers(&self, key: &[u8]) -> Vec<Provider> {
         self.shared.local_providers(key)
@@ -410,7 +479,7 @@ impl Node {
     pub fn status(&self) -> Status {
         let s = &self.shared;
         // One lock at a time.
-        let stats = s.store.lock().stats();
+        let stats = s.store.read().stats();
         let peers = s.table.lock().len();
         let tombstones = s.tombstones.lock().len();
         let mut adverts: Vec<String> = s
@@ -421,6 +490,7 @@ impl Node {
             .map(|(name, _)| name.clone())
             .collect();
         adverts.sort();
+        let (lookup_p50_us, lookup_p99_us) = s.latencies.lock().percentiles_us();
         Status {
             id: id_hex(&s.id),
             addr: s.endpoint.local_addr().to_string(),
@@ -431,6 +501,10 @@ impl Node {
             adverts,
             requests: s.counters.requests.load(Ordering::Relaxed),
             bad_requests: s.counters.bad_requests.load(Ordering::Relaxed),
+            lookups: s.counters.lookups.load(Ordering::Relaxed),
+            lookup_timeouts: s.counters.lookup_timeouts.load(Ordering::Relaxed),
+            lookup_p50_us,
+            lookup_p99_us,
         }
     }
 
@@ -474,10 +548,10 @@ struct Shared {
     id: NodeId,
     config: NodeConfig,
     endpoint: Endpoint,
-    /// Origin of the monotonic milliseconds the store and tombstones run on.
-    clock: Instant,
     table: Mutex<RoutingTable<SocketAddr>>,
-    store: Mutex<ProviderStore>,
+    /// Its clock is the node's: tombstones and records run on the same milliseconds.
+    store: Arc<SharedStore>,
+    events: Option<EventSink>,
     tombstones: Mutex<Tombstones>,
     /// Services this node advertises or advertised, by name (at most `max_adverts`).
     adverts: Mutex<HashMap<String, AdvertSlot>>,
@@ -489,6 +563,7 @@ struct Shared {
     /// Newcomers to hand records to (bounded channel).
     handoff: mpsc::Sender<NodeInfo>,
     counters: Counters,
+    latencies: Mutex<LookupLatencies>,
     refresh_cursor: AtomicUsize,
     refreshing: AtomicBool,
 }
@@ -510,19 +585,19 @@ struct AdvertSlot {
 struct Counters {
     requests: AtomicU64,
     bad_requests: AtomicU64,
+    lookups: AtomicU64,
+    lookup_timeouts: AtomicU64,
 }
 
 impl Shared {
-    /// Milliseconds on the node's monotonic clock (never 0).
+    /// Milliseconds on the node's monotonic clock (the store's, never 0).
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.clock.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .saturating_add(1)
+        self.store.now_ms()
     }
 
     fn local_providers(&self, key: &[u8]) -> Vec<Provider> {
         let now = self.now_ms();
-        let store = self.store.lock();
+        let store = self.store.read();
         store
             .providers(key, now)
             .filter_map(|term| Provider::parse(term).ok())

@@ -82,7 +82,7 @@ impl Shared {
     fn find_value(&self, key: &[u8]) -> Response {
         let nodes = self.closest(&NodeId::normalize(key));
         let now = self.now_ms();
-        let store = self.store.lock();
+        let store = self.store.read();
         let mut providers = store.providers(key, now).peekable();
         if providers.peek().is_none() {
             return Response::NoValue { nodes };
@@ -104,7 +104,7 @@ impl Shared {
                 }
             }
         }
-        match self.store.lock().upsert(key, &etf, now) {
+        match self.store.write(key, |store| store.upsert(key, &etf, now)) {
             Ok(_) => Response::Stored,
             Err(StoreError::InvalidProvider(_)) => Response::Error {
                 reason: ErrorReason::InvalidProvider,
@@ -128,9 +128,8 @@ impl Shared {
     /// Removes `node_id`'s provider under `key` from the store and leaves a tombstone.
     pub(super) fn remove_with_tombstone(&self, key: &[u8], node_id: &[u8]) {
         let now = self.now_ms();
-        let limits = &self.config.store;
-        let held_ttl = {
-            let mut store = self.store.lock();
+        let limits = self.store.limits();
+        let held_ttl = self.store.write(key, |store| {
             let ttl = store
                 .providers(key, now)
                 .filter_map(|term| Provider::parse(term).ok())
@@ -138,7 +137,7 @@ impl Shared {
                 .map(|p| p.ttl_secs.unwrap_or(limits.default_ttl_secs));
             store.remove(key, node_id);
             ttl
-        };
+        });
         let ttl_secs = held_ttl
             .unwrap_or(limits.max_ttl_secs)
             .min(limits.max_ttl_secs);

@@ -55,7 +55,7 @@ pub(super) async fn hand_offs(node: Weak<Shared>, mut newcomers: mpsc::Receiver<
 impl Shared {
     fn housekeeping(self: &Arc<Self>) {
         let now = self.now_ms();
-        let expired = self.store.lock().expire(now);
+        let expired = self.store.expire(now);
         if expired > 0 {
             tracing::debug!(expired, "records expired");
         }

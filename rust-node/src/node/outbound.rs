@@ -10,6 +10,7 @@
 //! bucket's most recent replacement.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,7 +18,7 @@ use macula_dht::wire::{ErrorReason, NodeInfo, Request, Response, WireError};
 use macula_dht::{Inserted, Lookup, LookupConfig, NodeId, ProviderRecord};
 use tokio::task::JoinSet;
 
-use super::{LookupReport, NodeError, Shared, MAX_SEEDS};
+use super::{Event, LookupKind, LookupReport, LookupSummary, NodeError, Shared, MAX_SEEDS};
 use crate::identity::id_hex;
 use crate::record::{versioned, Provider};
 use crate::transport::{Peer, TransportError};
@@ -74,8 +75,7 @@ impl Shared {
     /// A peer answered us from `addr`: it is (again) in the table, most recently seen. A new
     /// entry may be owed records (hand-off).
     pub(super) fn observe_answer(&self, id: NodeId, addr: SocketAddr) {
-        let inserted = self.table.lock().insert(id, addr);
-        if inserted == Inserted::Added {
+        if self.table_insert(id, addr) == Inserted::Added {
             tracing::debug!(peer = %id_hex(&id), %addr, "peer added");
             if self.config.serve {
                 // Full queue: this newcomer gets its records at the next republish instead.
@@ -117,7 +117,7 @@ impl Shared {
                 | TransportError::Connect { .. }
                 | TransportError::IdMismatch { .. }
         );
-        if dead && self.table.lock().remove(&id) {
+        if dead && self.table_remove(&id) {
             tracing::debug!(peer = %id_hex(&id), %error, "peer removed from the table");
         }
     }
@@ -177,19 +177,26 @@ impl Shared {
 
     /// An iterative lookup of `target` with `request` (FIND_NODE or FIND_VALUE), seeded with the
     /// `k` closest nodes of the table, `alpha` requests in flight. With `want`, ends as soon as
-    /// that many distinct providers are known.
+    /// that many distinct providers are known; in any case by `lookup_timeout`, with what it has.
     pub(super) async fn lookup(
         self: &Arc<Self>,
         target: NodeId,
         request: Request,
         want: Option<usize>,
     ) -> Result<LookupReport, NodeError> {
-        let _permit = self
-            .lookups
-            .acquire()
-            .await
-            .map_err(|_| NodeError::Closed)?;
         let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.config.lookup_timeout;
+        let kind = match request {
+            Request::FindValue { .. } => LookupKind::FindValue,
+            _ => LookupKind::FindNode,
+        };
+        // Held until the lookup returns.
+        let permit = match tokio::time::timeout_at(deadline, self.lookups.acquire()).await {
+            Ok(Ok(permit)) => Some(permit),
+            Ok(Err(_)) => return Err(NodeError::Closed),
+            Err(_) => None, // no slot in time: ends at once, timed out
+        };
+        let mut timed_out = permit.is_none();
         let seeds: Vec<(NodeId, SocketAddr)> = self
             .table
             .lock()
@@ -202,7 +209,7 @@ impl Shared {
             alpha: self.config.alpha,
             want_providers: want,
             max_queries: self.config.max_lookup_queries,
-            max_providers: self.config.store.max_providers_per_key,
+            max_providers: self.store.limits().max_providers_per_key,
             local: Some(self.id),
             ..LookupConfig::default()
         };
@@ -211,7 +218,7 @@ impl Shared {
         // At most `alpha` requests: the lookup hands out no more than that at once.
         let mut in_flight = JoinSet::new();
         let mut first_provider = None;
-        loop {
+        while !timed_out {
             for (id, addr) in lookup.next_queries() {
                 let shared = self.clone();
                 let request = request.clone();
@@ -220,7 +227,11 @@ impl Shared {
             if lookup.is_finished() {
                 break;
             }
-            let Some(joined) = in_flight.join_next().await else {
+            let Ok(joined) = tokio::time::timeout_at(deadline, in_flight.join_next()).await else {
+                timed_out = true;
+                break;
+            };
+            let Some(joined) = joined else {
                 break; // nothing in flight and nothing to send: done
             };
             // A request task only fails to join if it panicked; its peer then stays "in
@@ -244,7 +255,7 @@ impl Shared {
         }
         // Dropping `in_flight` cancels requests still running after an early end.
         let outcome = lookup.into_outcome();
-        Ok(LookupReport {
+        let report = LookupReport {
             providers: outcome
                 .providers
                 .iter()
@@ -261,7 +272,30 @@ impl Shared {
             failed: outcome.failed,
             elapsed: started.elapsed(),
             first_provider,
-        })
+            timed_out,
+        };
+        self.record_lookup(kind, target, &report);
+        Ok(report)
+    }
+
+    fn record_lookup(&self, kind: LookupKind, target: NodeId, report: &LookupReport) {
+        self.counters.lookups.fetch_add(1, Ordering::Relaxed);
+        if report.timed_out {
+            self.counters
+                .lookup_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.latencies.lock().record(report.elapsed);
+        self.emit(Event::Lookup(LookupSummary {
+            kind,
+            target,
+            providers: report.providers.len(),
+            queried: report.queried,
+            failed: report.failed,
+            hops: report.hops,
+            elapsed: report.elapsed,
+            timed_out: report.timed_out,
+        }));
     }
 }
 

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use macula_dht::wire::{NodeInfo, Request, Response};
-use macula_dht::NodeId;
+use macula_dht::{NodeId, ProviderRecord};
 use tokio::task::JoinSet;
 
 use super::{AdvertSlot, NodeError, Published, Shared};
@@ -54,11 +54,7 @@ impl Shared {
         }
         let key = service_key(service);
         self.remove_with_tombstone(&key, &self.id.0);
-        let request = Request::Remove {
-            key: key.to_vec(),
-            node_id: self.id.0.to_vec(),
-        };
-        let published = self.replicate(&key, request).await?;
+        let published = self.send_remove(&key, &self.id.0).await?;
         tracing::info!(
             service,
             acked = published.acked,
@@ -111,14 +107,10 @@ impl Shared {
         // Dated after the last withdrawal, so replicas' tombstones let it through.
         let advertised_at = unix_now().max(withdrawn_at.saturating_add(1));
         let etf = ad.encode(&self.id, advertised_at);
-        self.tombstones.lock().clear(&key, &self.id.0);
-        self.store.lock().upsert(&key, &etf, self.now_ms())?;
-        let request = Request::Store {
-            key: key.to_vec(),
-            // `encode` writes the version byte first; the wire carries the term without it.
-            value: etf[1..].to_vec(),
-        };
-        let published = self.replicate(&key, request).await?;
+        let now = self.now_ms();
+        self.store
+            .write(&key, |store| store.upsert(&key, &etf, now))?;
+        let published = self.replicate_record(&key, &etf).await?;
         tracing::info!(
             service,
             acked = published.acked,
@@ -128,13 +120,45 @@ impl Shared {
         Ok(published)
     }
 
+    /// Sends a record held under `key` (versioned ETF) to the `k` closest nodes. Its provider's
+    /// tombstone here goes: this is a newer advertisement.
+    pub(super) async fn replicate_record(
+        self: &Arc<Self>,
+        key: &[u8],
+        etf: &[u8],
+    ) -> Result<Published, NodeError> {
+        let record = ProviderRecord::parse(etf).map_err(|e| NodeError::Store(e.into()))?;
+        if let Some(node_id) = record.node_id() {
+            self.tombstones.lock().clear(key, node_id);
+        }
+        let request = Request::Store {
+            key: key.to_vec(),
+            // The wire carries the term without the version byte.
+            value: etf[1..].to_vec(),
+        };
+        self.replicate(key, request).await
+    }
+
+    /// Sends REMOVE of `node_id`'s provider under `key` to the `k` closest nodes.
+    pub(super) async fn send_remove(
+        self: &Arc<Self>,
+        key: &[u8],
+        node_id: &[u8],
+    ) -> Result<Published, NodeError> {
+        let request = Request::Remove {
+            key: key.to_vec(),
+            node_id: node_id.to_vec(),
+        };
+        self.replicate(key, request).await
+    }
+
     /// Looks up the `k` closest nodes to `key` and sends each `request` (STORE or REMOVE).
     async fn replicate(
         self: &Arc<Self>,
-        key: &[u8; 32],
+        key: &[u8],
         request: Request,
     ) -> Result<Published, NodeError> {
-        let target = NodeId(*key);
+        let target = NodeId::normalize(key);
         let found = self
             .lookup(target, Request::FindNode { target }, None)
             .await?;
@@ -201,7 +225,7 @@ impl Shared {
     pub(super) async fn hand_off(self: &Arc<Self>, peer: NodeInfo) {
         let keys: Vec<Vec<u8>> = self
             .store
-            .lock()
+            .read()
             .keys()
             .take(self.config.max_handoff_keys)
             .map(<[u8]>::to_vec)
@@ -225,7 +249,7 @@ impl Shared {
         for key in owed {
             let records: Vec<Vec<u8>> = {
                 let now = self.now_ms();
-                let store = self.store.lock();
+                let store = self.store.read();
                 store
                     .providers(key, now)
                     .filter(|term| still_advertised(term, now_unix))
