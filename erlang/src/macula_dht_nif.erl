@@ -8,7 +8,9 @@
 -export([new/2, close/1,
          store_put/3, store_get/2, store_delete/3, store_keys/1, store_expire/1,
          table_add/2, table_remove/2, table_closest/3, table_size/1, table_buckets/1,
-         stats/1, sha256/1]).
+         stats/1, sha256/1,
+         identity/1, net_check/1, net_start/3, net_events/2, net_find_value/4, net_store/3,
+         net_address/1, net_peers/1]).
 
 -on_load(load/0).
 
@@ -47,5 +49,13 @@ table_size(_Node) -> nif_error().
 table_buckets(_Node) -> nif_error().
 stats(_Node) -> nif_error().
 sha256(_Data) -> nif_error().
+identity(_PathOrUndefined) -> nif_error().
+net_check(_Settings) -> nif_error().
+net_start(_Node, _IdentityKey, _Settings) -> nif_error().
+net_events(_Node, _On) -> nif_error().
+net_find_value(_Node, _Key, _Want, _Tag) -> nif_error().
+net_store(_Node, _Key, _Provider) -> nif_error().
+net_address(_Node) -> nif_error().
+net_peers(_Node) -> nif_error().
 
 nif_error() -> erlang:nif_error(nif_not_loaded).

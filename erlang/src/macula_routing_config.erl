@@ -3,6 +3,11 @@
 %% Existing callers pass `#{k => 20, alpha => 3}'; every other setting has a default, unknown keys
 %% are ignored (as before), and a known key with a bad value is refused with
 %% `{error, {invalid_config, Key, Value}}' before any process starts.
+%%
+%% Network mode is on when `listen' is given; the parsed config then holds
+%% `network => #{listen, bootstrap, identity, lookup_timeout_ms, request_timeout_ms}', with
+%% addresses as `<<"host:port">>' binaries and `identity' a path binary or `undefined' (a new key
+%% per run). Without `listen', `network => undefined': the single-node server.
 -module(macula_routing_config).
 
 -export([parse/1, defaults/0]).
@@ -19,7 +24,14 @@
                     default_ttl := pos_integer(),
                     max_ttl := pos_integer(),
                     read_cache := non_neg_integer(),
-                    expire_interval_ms := pos_integer()}.
+                    expire_interval_ms := pos_integer(),
+                    network := undefined | network()}.
+-type network() :: #{listen := binary(),
+                     bootstrap := [binary()],
+                     identity := binary() | undefined,
+                     lookup_timeout_ms := pos_integer(),
+                     request_timeout_ms := pos_integer()}.
+-type address() :: {inet:ip_address(), inet:port_number()} | string() | binary().
 
 %% Upper bounds keep a typo from asking for absurd memory or timers.
 -define(SETTINGS, [
@@ -38,13 +50,29 @@
     {expire_interval_ms, 1000, 10, 3600000}
 ]).
 
+%% Network settings with a default, read only in network mode.
+-define(NETWORK_SETTINGS, [
+    %% a find_value that misses locally replies within this, whatever peers do
+    {lookup_timeout_ms, 5000, 1, 600000},
+    %% one request to one peer
+    {request_timeout_ms, 2000, 1, 600000}
+]).
+
+%% Bootstrap addresses taken; the runtime remembers at most this many for re-joining.
+-define(MAX_BOOTSTRAP, 16).
+-define(MAX_ADDRESS_BYTES, 255).
+-define(MAX_PATH_BYTES, 4096).
+
 -spec defaults() -> config().
 defaults() ->
-    maps:from_list([{Key, Default} || {Key, Default, _, _} <- ?SETTINGS]).
+    (maps:from_list([{Key, Default} || {Key, Default, _, _} <- ?SETTINGS]))#{network => undefined}.
 
 -spec parse(term()) -> {ok, config()} | {error, {invalid_config, term(), term()}}.
 parse(Config) when is_map(Config) ->
-    parse(?SETTINGS, Config, #{});
+    case parse(?SETTINGS, Config, #{}) of
+        {ok, Parsed} -> network(Config, Parsed);
+        Error -> Error
+    end;
 parse(Config) ->
     {error, {invalid_config, config, Config}}.
 
@@ -57,6 +85,70 @@ parse([{Key, Default, Min, Max} | Rest], Config, Acc) ->
         Value ->
             {error, {invalid_config, Key, Value}}
     end.
+
+network(#{listen := Listen} = Config, Parsed) ->
+    Bootstrap = maps:get(bootstrap, Config, []),
+    Identity = maps:get(identity, Config, undefined),
+    Checks = [{listen, Listen, fun address/1},
+              {bootstrap, Bootstrap, fun addresses/1},
+              {identity, Identity, fun path/1}],
+    case check(Checks, #{}) of
+        {ok, Network} ->
+            case parse(?NETWORK_SETTINGS, Config, #{}) of
+                {ok, Timeouts} -> {ok, Parsed#{network => maps:merge(Network, Timeouts)}};
+                Error -> Error
+            end;
+        Error ->
+            Error
+    end;
+network(_Config, Parsed) ->
+    {ok, Parsed#{network => undefined}}.
+
+check([], Acc) ->
+    {ok, Acc};
+check([{Key, Value, Read} | Rest], Acc) ->
+    case Read(Value) of
+        {ok, Parsed} -> check(Rest, Acc#{Key => Parsed});
+        error -> {error, {invalid_config, Key, Value}}
+    end.
+
+-spec address(address()) -> {ok, binary()} | error.
+address({Ip, Port}) when is_integer(Port), Port >= 0, Port =< 65535 ->
+    case inet:ntoa(Ip) of
+        {error, _} -> error;
+        Text when tuple_size(Ip) =:= 8 -> {ok, iolist_to_binary(["[", Text, "]:", integer_to_list(Port)])};
+        Text -> {ok, iolist_to_binary([Text, ":", integer_to_list(Port)])}
+    end;
+address(Text) when is_list(Text) ->
+    try unicode:characters_to_binary(Text) of
+        Bin when is_binary(Bin) -> address(Bin);
+        _ -> error
+    catch error:_ -> error
+    end;
+address(Text) when is_binary(Text), byte_size(Text) > 0, byte_size(Text) =< ?MAX_ADDRESS_BYTES ->
+    {ok, Text};
+address(_) ->
+    error.
+
+addresses(List) when is_list(List), length(List) =< ?MAX_BOOTSTRAP ->
+    Parsed = [address(A) || A <- List],
+    case lists:member(error, Parsed) of
+        true -> error;
+        false -> {ok, [A || {ok, A} <- Parsed]}
+    end;
+addresses(_) ->
+    error.
+
+path(undefined) ->
+    {ok, undefined};
+path(Path) when is_list(Path); is_binary(Path) ->
+    try unicode:characters_to_binary(Path) of
+        Bin when is_binary(Bin), byte_size(Bin) > 0, byte_size(Bin) =< ?MAX_PATH_BYTES -> {ok, Bin};
+        _ -> error
+    catch error:_ -> error
+    end;
+path(_) ->
+    error.
 
 check_ttls(#{default_ttl := Default, max_ttl := Max}) when Default > Max ->
     {error, {invalid_config, default_ttl, Default}};

@@ -7,6 +7,13 @@
 %% (when it dies the handle closes), answers the raw messages other modules send it, and purges
 %% expired records on a timer. Every door (API function, raw call or cast) runs the same
 %% `execute/2', so there is one code path per operation.
+%%
+%% In network mode (`Config' has `listen', see `macula_routing_config') the NIF also runs the
+%% node's QUIC side: peers are answered in Rust from the same store, `store/3' replicates to the
+%% k closest, `find_value/3' looks up the network on a local miss (in the caller's process, never
+%% in this server, and always within `lookup_timeout_ms'), and `delete_local/3' of a provider
+%% this node published removes it everywhere. The node id is then the one bound to the identity
+%% key. Processes may `subscribe/2' to peer and lookup events.
 -module(macula_routing_server).
 -behaviour(gen_server).
 
@@ -17,7 +24,7 @@
          find_value/3, find_value_local/2,
          handle_message/2, handle_message_async/2]).
 %% Beyond the contract
--export([stats/1]).
+-export([stats/1, node_id/1, address/1, peers/1, subscribe/2, unsubscribe/1]).
 
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
@@ -31,9 +38,23 @@
 -type provider() :: #{_ => _}.
 -type error() :: {error, term()}.
 
+-type event() :: {peer_up | peer_down, node_info()} | {lookup, map()}.
+-type event_kind() :: peers | lookups.
+-export_type([event/0, event_kind/0]).
+
 %% What the API needs to reach the running server's NIF handle without a message.
--record(node, {pid :: pid(), handle :: reference(), local_id :: binary(), k :: pos_integer()}).
--record(state, {node :: #node{}, config :: macula_routing_config:config()}).
+-record(node, {pid :: pid(), handle :: reference(), local_id :: binary(), k :: pos_integer(),
+               %% in network mode: how long a network lookup may take; else `undefined'
+               lookup_timeout :: pos_integer() | undefined}).
+-record(state, {node :: #node{},
+                config :: macula_routing_config:config(),
+                %% Pid => {Monitor, [event_kind()]}
+                subscribers = #{} :: #{pid() => {reference(), [event_kind()]}}}).
+
+%% Processes subscribed to events at once.
+-define(MAX_SUBSCRIBERS, 1024).
+%% Beyond the lookup timeout, how long a caller waits for a lookup task that died unnoticed.
+-define(LOOKUP_GRACE_MS, 1000).
 
 %% An atom key: its hash is precomputed, and every API call reads this slot.
 -define(SLOT, macula_routing_server_node).
@@ -43,13 +64,15 @@
 %%--------------------------------------------------------------------------------------------
 
 %% @doc Starts the server, registered locally as `macula_routing_server'. `Config' takes `k'
-%% (bucket size and replication factor, default 20) and `alpha' (default 3), plus the limits of
-%% `macula_routing_config'; unknown keys are ignored.
--spec start_link(binary(), map()) -> {ok, pid()} | {error, term()}.
-start_link(LocalNodeId, Config) when is_binary(LocalNodeId) ->
+%% (bucket size and replication factor, default 20) and `alpha' (default 3), plus the limits and
+%% network settings of `macula_routing_config'; unknown keys are ignored. `LocalNodeId' may be
+%% `auto' (a random id; in network mode the identity's id). In network mode a binary id must be
+%% the identity's id.
+-spec start_link(binary() | auto, map()) -> {ok, pid()} | {error, term()}.
+start_link(LocalNodeId, Config) when is_binary(LocalNodeId); LocalNodeId =:= auto ->
     case {macula_routing_config:parse(Config), code:ensure_loaded(macula_dht_nif)} of
         {{ok, Parsed}, {module, _}} ->
-            gen_server:start_link({local, ?MODULE}, ?MODULE, {LocalNodeId, Parsed}, []);
+            start(LocalNodeId, Parsed);
         {{error, _} = Error, _} ->
             Error;
         {_, {error, Why}} ->
@@ -57,6 +80,29 @@ start_link(LocalNodeId, Config) when is_binary(LocalNodeId) ->
     end;
 start_link(LocalNodeId, _Config) ->
     {error, {invalid_node_id, LocalNodeId}}.
+
+%% Everything that can be refused is checked here, before the server exists, so that a bad
+%% setting is an `{error, ...}' for the caller rather than an exit through the link.
+start(auto, #{network := undefined} = Config) ->
+    start(macula_routing_nodeid:generate(), Config);
+start(LocalNodeId, #{network := undefined} = Config) ->
+    gen_server:start_link({local, ?MODULE}, ?MODULE, {LocalNodeId, Config, undefined}, []);
+start(LocalNodeId, #{network := #{identity := Path} = Network} = Config) ->
+    Settings = net_settings(Network, Config),
+    case {macula_dht_nif:identity(Path), macula_dht_nif:net_check(Settings)} of
+        {{ok, Id, Key}, ok} when LocalNodeId =:= auto; LocalNodeId =:= Id ->
+            gen_server:start_link({local, ?MODULE}, ?MODULE, {Id, Config, Key}, []);
+        {{ok, Id, _Key}, ok} ->
+            {error, {node_id_mismatch, #{given => LocalNodeId, identity => Id}}};
+        {{error, _} = Error, _} ->
+            Error;
+        {_, {error, _} = Error} ->
+            Error
+    end.
+
+%% What the NIF's network side reads.
+net_settings(Network, Config) ->
+    maps:merge(Network, maps:with([k, alpha, replacements], Config)).
 
 -spec add_node(server(), node_info()) -> ok | error().
 add_node(Server, NodeInfo) -> run(Server, {add_node, NodeInfo}).
@@ -115,9 +161,33 @@ handle_message(Server, Message) -> run(Server, {handle_message, Message}).
 -spec handle_message_async(server(), term()) -> ok.
 handle_message_async(Server, Message) -> gen_server:cast(Server, {handle_message, Message}).
 
-%% @doc Counters of the store and the table, and the NIF's heap (`nif_allocated_bytes').
+%% @doc Counters: the store (`keys', `records', `bytes', `expired', `rejected' at limits), the
+%% table (`nodes'), the NIF's heap (`nif_allocated_bytes'), and the network side (`peers',
+%% `requests' and `bad_requests' served, `tombstones', `lookups', `lookup_timeouts',
+%% `lookup_p50_us' and `lookup_p99_us' of recent lookups; zeros on a single node).
 -spec stats(server()) -> map().
 stats(Server) -> run(Server, stats).
+
+%% @doc The node's id (the identity's in network mode).
+-spec node_id(server()) -> binary().
+node_id(Server) -> run(Server, node_id).
+
+%% @doc The address the node listens on for peers.
+-spec address(server()) -> {ok, {inet:ip_address(), inet:port_number()}} | {error, not_networked}.
+address(Server) -> run(Server, address).
+
+%% @doc The peers of the node's network routing table, `#{node_id, address}' each.
+-spec peers(server()) -> [node_info()].
+peers(Server) -> run(Server, peers).
+
+%% @doc Sends the calling process `{macula_dht_event, Event}' for each event of the given kinds
+%% (`peers': `{peer_up, NodeInfo}', `{peer_down, NodeInfo}'; `lookups': `{lookup, Summary}')
+%% until `unsubscribe/1' or its exit. A second call replaces the kinds.
+-spec subscribe(server(), [event_kind()]) -> ok | error().
+subscribe(Server, Kinds) -> gen_server:call(Server, {subscribe, self(), Kinds}).
+
+-spec unsubscribe(server()) -> ok.
+unsubscribe(Server) -> gen_server:call(Server, {unsubscribe, self()}).
 
 %%--------------------------------------------------------------------------------------------
 %% One code path for every door
@@ -139,13 +209,16 @@ execute({get_local, Key}, #node{handle = H}) ->
     macula_dht_nif:store_get(H, Key);
 execute({store_local, Key, Provider}, #node{handle = H}) ->
     macula_dht_nif:store_put(H, Key, Provider);
-execute({store, Key, Provider}, #node{handle = H}) ->
+execute({store, Key, Provider}, #node{handle = H, lookup_timeout = undefined}) ->
     macula_dht_nif:store_put(H, Key, Provider);
+execute({store, Key, Provider}, #node{handle = H}) ->
+    macula_dht_nif:net_store(H, Key, Provider);
 execute({delete_local, Key, NodeId}, #node{handle = H}) ->
     macula_dht_nif:store_delete(H, Key, NodeId);
-execute({find_value, Key, _K}, #node{handle = H}) ->
+execute({find_value, Key, K}, #node{handle = H, lookup_timeout = Timeout}) ->
     case macula_dht_nif:store_get(H, Key) of
-        not_found -> {ok, []};
+        not_found when Timeout =:= undefined -> {ok, []};
+        not_found -> network_find_value(H, Key, K, Timeout);
         Other -> Other
     end;
 execute(get_all_keys, #node{handle = H}) ->
@@ -171,8 +244,33 @@ execute({handle_message, Message}, Node) ->
     macula_routing_dispatch:handle(Message, dispatch_ops(Node));
 execute(stats, #node{handle = H}) ->
     macula_dht_nif:stats(H);
+execute(node_id, #node{local_id = Id}) ->
+    Id;
+execute(address, #node{handle = H}) ->
+    macula_dht_nif:net_address(H);
+execute(peers, #node{handle = H}) ->
+    macula_dht_nif:net_peers(H);
 execute(_Unknown, _Node) ->
     {error, unknown_request}.
+
+%% A lookup on the runtime; the reply comes by message, within the timeout unless the task died
+%% (then at once, `{error, lookup_failed}'); the grace period covers anything else.
+network_find_value(H, Key, K, Timeout) when is_binary(Key), is_integer(K), K > 0 ->
+    Tag = make_ref(),
+    case macula_dht_nif:net_find_value(H, Key, K, Tag) of
+        ok ->
+            receive
+                {macula_dht_lookup, Tag, Result} -> Result
+            after Timeout + ?LOOKUP_GRACE_MS ->
+                {error, timeout}
+            end;
+        Error ->
+            Error
+    end;
+network_find_value(_H, Key, _K, _Timeout) when not is_binary(Key) ->
+    {error, {invalid_key, not_a_binary}};
+network_find_value(_H, _Key, K, _Timeout) ->
+    {error, {invalid_count, K}}.
 
 %% What a DHT message may do to this node.
 dispatch_ops(#node{k = K} = Node) ->
@@ -185,14 +283,43 @@ dispatch_ops(#node{k = K} = Node) ->
 %% gen_server
 %%--------------------------------------------------------------------------------------------
 
-init({LocalNodeId, Config}) ->
+init({LocalNodeId, Config, IdentityKey}) ->
     %% The handle is monitored by the NIF: it closes when this process dies, however it dies.
     Handle = macula_dht_nif:new(LocalNodeId, Config),
     Node = #node{pid = self(), handle = Handle, local_id = LocalNodeId, k = maps:get(k, Config)},
-    persistent_term:put(?SLOT, Node),
-    schedule_expiry(Config),
-    {ok, #state{node = Node, config = Config}}.
+    case join(Node, IdentityKey, Config) of
+        {ok, Joined} ->
+            persistent_term:put(?SLOT, Joined),
+            schedule_expiry(Config),
+            {ok, #state{node = Joined, config = Config}};
+        {error, Reason} ->
+            macula_dht_nif:close(Handle),
+            {stop, Reason}
+    end.
 
+join(Node, undefined, _Config) ->
+    {ok, Node};
+join(#node{handle = H} = Node, IdentityKey, #{network := Network} = Config) ->
+    case macula_dht_nif:net_start(H, IdentityKey, net_settings(Network, Config)) of
+        {ok, Address} ->
+            logger:info("macula_dht: node ~ts listening on ~ts",
+                        [macula_routing_nodeid:to_hex(Node#node.local_id), inet:ntoa(element(1, Address))
+                         ++ ":" ++ integer_to_list(element(2, Address))]),
+            {ok, Node#node{lookup_timeout = maps:get(lookup_timeout_ms, Network)}};
+        {error, _} = Error ->
+            Error
+    end.
+
+%% A network lookup through a raw call runs in a process of its own, so this server stays free.
+handle_call({find_value, _Key, _K} = Request, From, #state{node = Node} = State)
+  when Node#node.lookup_timeout =/= undefined ->
+    spawn(fun() -> gen_server:reply(From, execute(Request, Node)) end),
+    {noreply, State};
+handle_call({subscribe, Pid, Kinds}, _From, State) ->
+    {Reply, State1} = subscribe(Pid, Kinds, State),
+    {reply, Reply, State1};
+handle_call({unsubscribe, Pid}, _From, State) ->
+    {reply, ok, unsubscribe(Pid, State)};
 handle_call(Request, _From, #state{node = Node} = State) ->
     {reply, execute(Request, Node), State}.
 
@@ -210,6 +337,19 @@ handle_info(expire, #state{node = #node{handle = H}, config = Config} = State) -
     _ = macula_dht_nif:store_expire(H),
     schedule_expiry(Config),
     {noreply, State};
+handle_info({macula_dht_net, {bootstrap, Result}}, State) ->
+    case Result of
+        {ok, Peers} -> logger:info("macula_dht: joined the network, ~b peers", [Peers]);
+        {error, Why} -> logger:warning("macula_dht: bootstrap failed (retried on refresh): ~ts", [Why])
+    end,
+    {noreply, State};
+handle_info({macula_dht_net, Event}, #state{subscribers = Subscribers} = State) ->
+    Kind = event_kind(Event),
+    _ = [Pid ! {macula_dht_event, Event}
+         || {Pid, {_, Kinds}} <- maps:to_list(Subscribers), lists:member(Kind, Kinds)],
+    {noreply, State};
+handle_info({'DOWN', _Ref, process, Pid, _Reason}, State) ->
+    {noreply, unsubscribe(Pid, State)};
 handle_info(_Unknown, State) ->
     {noreply, State}.
 
@@ -222,3 +362,37 @@ terminate(_Reason, #state{node = #node{handle = H} = Node}) ->
 
 schedule_expiry(#{expire_interval_ms := Interval}) ->
     erlang:send_after(Interval, self(), expire).
+
+event_kind({lookup, _}) -> lookups;
+event_kind(_PeerUpOrDown) -> peers.
+
+subscribe(Pid, Kinds, #state{subscribers = Subscribers} = State) ->
+    Valid = is_list(Kinds) andalso Kinds =/= [] andalso
+        lists:all(fun(K) -> K =:= peers orelse K =:= lookups end, Kinds),
+    Known = maps:is_key(Pid, Subscribers),
+    if
+        not Valid ->
+            {{error, {invalid_event_kinds, Kinds}}, State};
+        not Known andalso map_size(Subscribers) >= ?MAX_SUBSCRIBERS ->
+            {{error, too_many_subscribers}, State};
+        Known ->
+            {Monitor, _} = maps:get(Pid, Subscribers),
+            {ok, events_on(State#state{subscribers = Subscribers#{Pid => {Monitor, Kinds}}})};
+        true ->
+            Monitor = erlang:monitor(process, Pid),
+            {ok, events_on(State#state{subscribers = Subscribers#{Pid => {Monitor, Kinds}}})}
+    end.
+
+unsubscribe(Pid, #state{subscribers = Subscribers} = State) ->
+    case maps:take(Pid, Subscribers) of
+        {{Monitor, _}, Rest} ->
+            erlang:demonitor(Monitor, [flush]),
+            events_on(State#state{subscribers = Rest});
+        error ->
+            State
+    end.
+
+%% The NIF sends events only while someone listens.
+events_on(#state{node = #node{handle = H}, subscribers = Subscribers} = State) ->
+    macula_dht_nif:net_events(H, map_size(Subscribers) > 0),
+    State.

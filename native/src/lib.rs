@@ -6,6 +6,7 @@
 //! `{error, Reason}`; a panic is turned into an Erlang exception by rustler.
 
 mod alloc;
+mod net;
 mod node;
 mod read_cache;
 mod reply;
@@ -55,7 +56,12 @@ fn new<'a>(env: Env<'a>, local_id: Binary<'a>, config: Term<'a>) -> NifResult<Te
         max_ttl_secs: field(config, atoms::max_ttl())?,
     };
     let read_cache = field(config, atoms::read_cache())?;
-    let node = ResourceArc::new(Node::new(NodeId::normalize(local_id.as_slice()), table, limits, read_cache));
+    let node = ResourceArc::new(Node::new(
+        NodeId::normalize(local_id.as_slice()),
+        table,
+        limits,
+        read_cache,
+    ));
     let owner: LocalPid = env.pid();
     node.monitor(Some(env), &owner);
     // Encoded here: a handle is not `RefUnwindSafe`, so rustler will not encode it for us.
@@ -74,25 +80,40 @@ fn close(node: &Node) -> rustler::Atom {
 
 #[rustler::nif]
 fn store_put<'a>(env: Env<'a>, node: &'a Node, key: Term<'a>, value: Term<'a>) -> Term<'a> {
+    match put(env, node, key, value) {
+        Ok(_) => atoms::ok().encode(env),
+        Err(reply) => reply,
+    }
+}
+
+/// Checks and upserts one provider; returns the key and the record's ETF as stored. The store's
+/// write hook drops the key's cached list under the write lock, so no reader can cache the old
+/// list after this.
+pub(crate) fn put<'a>(
+    env: Env<'a>,
+    node: &Node,
+    key: Term<'a>,
+    value: Term<'a>,
+) -> Result<(Binary<'a>, rustler::OwnedBinary), Term<'a>> {
     let Ok(key) = Binary::from_term(key) else {
-        return reply::invalid_key(env);
+        return Err(reply::invalid_key(env));
     };
     if !value.is_map() {
-        return reply::error(env, (atoms::invalid_provider(), atoms::not_a_map()));
+        return Err(reply::error(
+            env,
+            (atoms::invalid_provider(), atoms::not_a_map()),
+        ));
     }
     if node.is_closed() {
-        return atoms::closed().encode(env);
+        return Err(atoms::closed().encode(env));
     }
     let bytes = value.to_binary();
     let now = node.now_ms();
-    let mut store = node.store.write();
-    match store.upsert(key.as_slice(), bytes.as_slice(), now) {
-        Ok(_) => {
-            // Still under the store's write lock: no reader can cache the old list after this.
-            node.read_cache.write().invalidate(key.as_slice());
-            atoms::ok().encode(env)
-        }
-        Err(e) => reply::store_error(env, &e),
+    match node.store.write(key.as_slice(), |store| {
+        store.upsert(key.as_slice(), bytes.as_slice(), now)
+    }) {
+        Ok(_) => Ok((key, bytes)),
+        Err(e) => Err(reply::store_error(env, &e)),
     }
 }
 
@@ -118,7 +139,9 @@ fn store_get<'a>(env: Env<'a>, node: &'a Node, key: Term<'a>) -> Term<'a> {
             return reply::error(env, atoms::corrupt_record());
         };
         // Cached while the store is still read-locked, so no write can slip in between.
-        node.read_cache.write().admit(key.as_slice(), list, listed.valid_until_ms);
+        node.read_cache
+            .write()
+            .admit(key.as_slice(), list, listed.valid_until_ms);
         (atoms::ok(), list).encode(env)
     })
 }
@@ -134,9 +157,16 @@ fn store_delete<'a>(env: Env<'a>, node: &'a Node, key: Term<'a>, node_id: Term<'
     if node.is_closed() {
         return atoms::closed().encode(env);
     }
-    let mut store = node.store.write();
-    if store.remove(key.as_slice(), node_id.as_slice()) {
-        node.read_cache.write().invalidate(key.as_slice());
+    // The node's own provider, or one it published, goes everywhere; any other only here.
+    match node.net() {
+        Some(net) if net.removes_everywhere(key.as_slice(), node_id.as_slice()) => {
+            net.remove(key.as_slice(), node_id.as_slice());
+        }
+        _ => {
+            node.store.write(key.as_slice(), |store| {
+                store.remove(key.as_slice(), node_id.as_slice())
+            });
+        }
     }
     atoms::ok().encode(env)
 }
@@ -151,8 +181,7 @@ fn store_keys<'a>(env: Env<'a>, node: &'a Node) -> Term<'a> {
 /// Purges expired records; the owner calls it on a timer. Returns how many went.
 #[rustler::nif]
 fn store_expire(node: &Node) -> usize {
-    let now = node.now_ms();
-    node.store.write().expire(now)
+    node.store.expire(node.now_ms())
 }
 
 #[rustler::nif]
@@ -171,14 +200,22 @@ fn table_add<'a>(env: Env<'a>, node: &'a Node, info: Term<'a>) -> Term<'a> {
     };
     let bytes = info.to_binary();
     if bytes.len() > MAX_NODE_INFO_BYTES {
-        return reply::error(env, (atoms::invalid_node_info(), (atoms::too_large(), bytes.len(), MAX_NODE_INFO_BYTES)));
+        return reply::error(
+            env,
+            (
+                atoms::invalid_node_info(),
+                (atoms::too_large(), bytes.len(), MAX_NODE_INFO_BYTES),
+            ),
+        );
     }
     if node.is_closed() {
         return atoms::closed().encode(env);
     }
     // Stored without the version byte so that replies can splice entries into one ETF list.
     let term: Box<[u8]> = bytes.as_slice().get(1..).unwrap_or_default().into();
-    node.table.write().insert(NodeId::normalize(raw_id.as_slice()), term);
+    node.table
+        .write()
+        .insert(NodeId::normalize(raw_id.as_slice()), term);
     atoms::ok().encode(env)
 }
 
@@ -199,7 +236,9 @@ fn table_remove<'a>(env: Env<'a>, node: &'a Node, node_id: Term<'a>) -> Term<'a>
     let Ok(node_id) = Binary::from_term(node_id) else {
         return reply::error(env, (atoms::invalid_node_id(), atoms::not_a_binary()));
     };
-    node.table.write().remove(&NodeId::normalize(node_id.as_slice()));
+    node.table
+        .write()
+        .remove(&NodeId::normalize(node_id.as_slice()));
     atoms::ok().encode(env)
 }
 
@@ -259,7 +298,7 @@ fn sha256<'a>(env: Env<'a>, data: Binary<'a>) -> Term<'a> {
 fn stats<'a>(env: Env<'a>, node: &'a Node) -> NifResult<Term<'a>> {
     let store = node.store.read().stats();
     let nodes = node.table.read().len();
-    let pairs = [
+    let local = [
         (atoms::keys(), store.keys as u64),
         (atoms::records(), store.records as u64),
         (atoms::bytes(), store.bytes as u64),
@@ -268,12 +307,13 @@ fn stats<'a>(env: Env<'a>, node: &'a Node) -> NifResult<Term<'a>> {
         (atoms::nodes(), nodes as u64),
         (atoms::nif_allocated_bytes(), alloc::heap_bytes() as u64),
     ];
+    let pairs: Vec<(rustler::Atom, u64)> = local.into_iter().chain(net::stats(node)).collect();
     let keys: Vec<Term> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
     let values: Vec<Term> = pairs.iter().map(|(_, v)| v.encode(env)).collect();
     Term::map_from_term_arrays(env, &keys, &values)
 }
 
-fn with_reply_buf<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+pub(crate) fn with_reply_buf<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
     REPLY_BUF.with(|cell| {
         let mut buf = cell.borrow_mut();
         buf.clear();
@@ -287,6 +327,6 @@ fn with_reply_buf<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
 
 /// Turns an ETF list written by the engine into terms: `term_builder` for plain data, else
 /// `binary_to_term` in safe mode. Neither ever creates an atom, whatever the bytes hold.
-fn decode_list<'a>(env: Env<'a>, buf: &[u8]) -> Option<Term<'a>> {
+pub(crate) fn decode_list<'a>(env: Env<'a>, buf: &[u8]) -> Option<Term<'a>> {
     term_builder::build(env, buf).or_else(|| env.binary_to_term(buf).map(|(term, _)| term))
 }

@@ -1,26 +1,36 @@
 //! One DHT node inside the BEAM: the engine's routing table and provider store behind locks, so
-//! that any process can read on its own scheduler while writes serialise only on the data they touch.
+//! that any process can read on its own scheduler while writes serialise only on the data they
+//! touch; and, in network mode, the embedded runtime serving peers from that same store.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use macula_dht::store::{ProviderStore, StoreLimits};
+use macula_dht::store::StoreLimits;
 use macula_dht::table::{RoutingTable, TableConfig};
 use macula_dht::NodeId;
+use macula_dht_node::SharedStore;
 use parking_lot::RwLock;
 use rustler::{Env, LocalPid, Monitor, Resource};
 
+use crate::net::Net;
 use crate::read_cache::ReadCache;
 
 /// NodeInfo maps as stored in the table: their ETF bytes without the version byte.
 pub type NodeInfoBytes = Box<[u8]>;
 
+pub type Table = Arc<RwLock<RoutingTable<NodeInfoBytes>>>;
+
 pub struct Node {
-    pub table: RwLock<RoutingTable<NodeInfoBytes>>,
-    pub store: RwLock<ProviderStore>,
-    /// Decoded lists of hot keys. Lock order: `store`, then `read_cache`.
-    pub read_cache: RwLock<ReadCache>,
-    started: Instant,
+    /// Shared with the network side, which mirrors its peers into it.
+    pub table: Table,
+    /// Shared with the network side, which answers peers from it and writes their STOREs.
+    pub store: Arc<SharedStore>,
+    /// Decoded lists of hot keys. Lock order: `store`, then `read_cache`; the store's write hook
+    /// drops a key's entry under the store's write lock.
+    pub read_cache: Arc<RwLock<ReadCache>>,
+    /// The network side, once `net_start` ran.
+    net: RwLock<Option<Arc<Net>>>,
     /// Set when the owning server process dies, so callers holding the handle see it gone
     /// (as they would with a dead gen_server) instead of a store nobody maintains.
     closed: AtomicBool,
@@ -37,22 +47,50 @@ impl Resource for Node {
 
 impl Node {
     pub fn new(local: NodeId, table: TableConfig, limits: StoreLimits, read_cache: usize) -> Self {
+        let read_cache = Arc::new(RwLock::new(ReadCache::new(read_cache)));
+        let cache = read_cache.clone();
+        let store = SharedStore::with_write_hook(
+            limits,
+            Box::new(move |key| cache.write().invalidate(key)),
+        );
         Node {
-            table: RwLock::new(RoutingTable::new(local, table)),
-            store: RwLock::new(ProviderStore::new(limits)),
-            read_cache: RwLock::new(ReadCache::new(read_cache)),
-            started: Instant::now(),
+            table: Arc::new(RwLock::new(RoutingTable::new(local, table))),
+            store: Arc::new(store),
+            read_cache,
+            net: RwLock::new(None),
             closed: AtomicBool::new(false),
         }
     }
 
-    /// Monotonic milliseconds: the engine's clock for record expiry.
+    /// Monotonic milliseconds: the store's clock, which the network side shares.
     pub fn now_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.store.now_ms()
     }
 
+    pub fn local_id(&self) -> NodeId {
+        *self.table.read().local()
+    }
+
+    pub fn net(&self) -> Option<Arc<Net>> {
+        self.net.read().clone()
+    }
+
+    /// Attaches the network side; refused (returned) when one is attached or the node closed.
+    pub fn attach(&self, net: Arc<Net>) -> Result<(), Arc<Net>> {
+        let mut slot = self.net.write();
+        if slot.is_some() || self.is_closed() {
+            return Err(net);
+        }
+        *slot = Some(net);
+        Ok(())
+    }
+
+    /// Closes the handle and stops the network side, if any.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        if let Some(net) = self.net.write().take() {
+            net.stop();
+        }
     }
 
     pub fn is_closed(&self) -> bool {

@@ -61,7 +61,11 @@ impl ReadCache {
         }
         // SAFETY: `list` was made in `entry.env`, which is neither cleared nor freed while the
         // entry exists (see `Entry`).
-        Some(entry.env.run(|owned| unsafe { Term::new(owned, entry.list) }.in_env(env)))
+        Some(
+            entry
+                .env
+                .run(|owned| unsafe { Term::new(owned, entry.list) }.in_env(env)),
+        )
     }
 
     /// Called on a miss: keeps a copy of `list` for `key` until `valid_until_ms` if the key was
@@ -86,7 +90,14 @@ impl ReadCache {
         }
         let env = OwnedEnv::new();
         let list = env.run(|owned| list.in_env(owned).as_c_arg());
-        self.entries.insert(key.into(), Entry { env, list, valid_until_ms });
+        self.entries.insert(
+            key.into(),
+            Entry {
+                env,
+                list,
+                valid_until_ms,
+            },
+        );
     }
 
     pub fn invalidate(&mut self, key: &[u8]) {

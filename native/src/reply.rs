@@ -14,6 +14,8 @@ pub mod atoms {
         too_large, key_too_large, record_too_large, limit,
         node_id, last_seen,
         keys, records, bytes, expired, rejected, nodes, nif_allocated_bytes,
+        peers, requests, bad_requests, tombstones, lookups, lookup_timeouts, lookup_p50_us,
+        lookup_p99_us,
     }
 }
 
@@ -34,12 +36,16 @@ pub fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
 pub fn store_error<'a>(env: Env<'a>, e: &StoreError) -> Term<'a> {
     match e {
         StoreError::KeyTooLarge { len, max } => error(env, (atoms::key_too_large(), *len, *max)),
-        StoreError::RecordTooLarge { len, max } => error(env, (atoms::record_too_large(), *len, *max)),
+        StoreError::RecordTooLarge { len, max } => {
+            error(env, (atoms::record_too_large(), *len, *max))
+        }
         StoreError::TooManyKeys { max } => error(env, (atoms::limit(), atoms::max_keys(), *max)),
         StoreError::TooManyProviders { max } => {
             error(env, (atoms::limit(), atoms::max_providers_per_key(), *max))
         }
-        StoreError::InvalidProvider(p) => error(env, (atoms::invalid_provider(), provider_reason(p))),
+        StoreError::InvalidProvider(p) => {
+            error(env, (atoms::invalid_provider(), provider_reason(p)))
+        }
     }
 }
 

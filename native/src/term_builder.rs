@@ -20,7 +20,6 @@ const ATOM_CACHE_CAP: usize = 4096;
 /// Atoms have at most 255 characters: 255 bytes in latin1.
 const MAX_ATOM_LEN: usize = 255;
 
-
 /// Builds the term encoded by `etf` (a complete versioned ETF term, first byte 131) in `env`,
 /// or None when it holds something this builder does not handle (the caller then uses
 /// binary_to_term). Never creates an atom; never panics; bounded depth; iterative.

@@ -1,0 +1,585 @@
+//! Network mode: the runtime of `rust-node/` embedded in the BEAM, so that a BEAM node is a
+//! peer of the DHT exactly as a native node is.
+//!
+//! One small tokio runtime per VM runs every node's network work; no NIF ever waits on it, except
+//! `net_start`, which binds the listener on a dirty I/O scheduler. Peers are answered inside Rust
+//! from the same store the Erlang API reads, so a peer's FIND_VALUE never reaches Erlang, and a
+//! peer's STORE is visible to the next `get_local`. Work started from Erlang (a lookup, a
+//! replication, a removal) runs as a task that reports back by message:
+//!
+//! - lookups: `{macula_dht_lookup, Tag, {ok, Providers}}` to the caller, always sent, within the
+//!   node's lookup timeout, or `{error, lookup_failed}` if the task died;
+//! - events, to the process that owns the node: `{macula_dht_net, {peer_up | peer_down,
+//!   NodeInfo}}` and `{macula_dht_net, {lookup, Summary}}` while it asked for them, and
+//!   `{macula_dht_net, {bootstrap, Result}}` once after start.
+//!
+//! Peers entering and leaving the runtime's routing table are mirrored into the node's Erlang
+//! routing table as `#{node_id, address, last_seen}`, so `size/1` and `find_closest/3` see the
+//! mesh. Network tasks started from Erlang are bounded by `MAX_TASKS`.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use macula_dht::etf;
+use macula_dht::wire::NodeInfo;
+use macula_dht::ProviderRecord;
+use macula_dht_node::config::resolve_addr;
+use macula_dht_node::{
+    Event, Host, Identity, LookupKind, LookupSummary, NodeConfig, TransportConfig,
+};
+use parking_lot::Mutex;
+use rustler::env::{OwnedEnv, SavedTerm};
+use rustler::types::tuple::make_tuple;
+use rustler::{Atom, Binary, Encoder, Env, LocalPid, NifResult, Resource, ResourceArc, Term};
+use tokio::runtime::{Handle, Runtime};
+
+use crate::node::{unix_ms, Node, Table};
+use crate::reply::{self, atoms};
+
+/// Network tasks started from Erlang (lookups, replications, removals) running at once, per node.
+const MAX_TASKS: usize = 4096;
+
+/// Records this node published with `store/3` that `delete_local/3` removes everywhere.
+const MAX_PUBLISHED: usize = 65_536;
+
+/// Worker threads of the VM's runtime: network work is I/O bound and must not compete with the
+/// schedulers.
+const RUNTIME_THREADS: usize = 2;
+
+mod net_atoms {
+    rustler::atoms! {
+        macula_dht_net, macula_dht_lookup, undefined,
+        peer_up, peer_down, lookup, bootstrap, lookup_failed, overloaded, not_networked,
+        already_networked, identity, listen, invalid_settings, runtime,
+        address, kind, target, providers, queried, failed, hops, elapsed_us, timed_out,
+        bootstrap_addrs = "bootstrap", lookup_timeout_ms, request_timeout_ms, alpha,
+        find_node, find_value,
+    }
+}
+
+/// The node's identity key, loaded in Erlang before the server starts (its id is the node id).
+pub struct IdentityKey(Identity);
+
+#[rustler::resource_impl]
+impl Resource for IdentityKey {}
+
+/// The network side of one node.
+pub struct Net {
+    node: Arc<macula_dht_node::Node>,
+    runtime: Handle,
+    tasks: Arc<AtomicUsize>,
+    /// The owner hears peer and lookup events only while this is set.
+    events: Arc<AtomicBool>,
+    /// (key, node_id) of records published from here with `store/3`, oldest first.
+    published: Mutex<Published>,
+}
+
+/// A record's place: its key and its provider's `node_id`.
+type RecordId = (Box<[u8]>, Box<[u8]>);
+
+#[derive(Default)]
+struct Published {
+    set: HashSet<RecordId>,
+    order: VecDeque<RecordId>,
+}
+
+impl Net {
+    /// Whether removing `node_id`'s provider under `key` goes to the whole network: the node's own
+    /// provider, or one it published with `store/3`.
+    pub fn removes_everywhere(&self, key: &[u8], node_id: &[u8]) -> bool {
+        node_id == self.node.id().0
+            || self
+                .published
+                .lock()
+                .set
+                .contains(&(Box::from(key), Box::from(node_id)))
+    }
+
+    /// Removes the provider here at once (leaving a tombstone) and sends REMOVE to the `k`
+    /// closest nodes in the background.
+    pub fn remove(&self, key: &[u8], node_id: &[u8]) {
+        let sending = self.node.remove(key, node_id);
+        self.published
+            .lock()
+            .set
+            .remove(&(Box::from(key), Box::from(node_id)));
+        if let Some(slot) = TaskSlot::take(&self.tasks) {
+            self.runtime.spawn(async move {
+                let _slot = slot;
+                let _ = sending.await;
+            });
+        }
+    }
+
+    /// Stops the node: timers at once, the endpoint as soon as the runtime gets to it.
+    pub fn stop(&self) {
+        let node = self.node.clone();
+        self.runtime.spawn(async move { node.shutdown().await });
+    }
+
+    fn remember_published(&self, key: &[u8], node_id: &[u8]) {
+        let entry: RecordId = (key.into(), node_id.into());
+        let mut published = self.published.lock();
+        if !published.set.insert(entry.clone()) {
+            return;
+        }
+        published.order.push_back(entry);
+        while published.order.len() > MAX_PUBLISHED {
+            if let Some(oldest) = published.order.pop_front() {
+                published.set.remove(&oldest);
+            }
+        }
+    }
+}
+
+/// One of a node's `MAX_TASKS` task slots, given back on drop.
+struct TaskSlot(Arc<AtomicUsize>);
+
+impl TaskSlot {
+    fn take(tasks: &Arc<AtomicUsize>) -> Option<TaskSlot> {
+        tasks
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_TASKS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| TaskSlot(tasks.clone()))
+    }
+}
+
+impl Drop for TaskSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn runtime() -> Result<&'static Runtime, String> {
+    static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(RUNTIME_THREADS)
+                .thread_name("macula_dht_net")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Loads the identity key at `path`, creating it when missing, or makes a new one for `undefined`.
+/// `{ok, NodeId, Key}`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn identity<'a>(env: Env<'a>, path: Term<'a>) -> Term<'a> {
+    let loaded = if path.decode::<Atom>().ok() == Some(net_atoms::undefined()) {
+        Identity::generate()
+    } else {
+        match Binary::from_term(path) {
+            Ok(path) => Identity::load_or_create(String::from_utf8_lossy(path.as_slice()).as_ref()),
+            Err(_) => return reply::error(env, (net_atoms::identity(), atoms::not_a_binary())),
+        }
+    };
+    match loaded {
+        Ok(identity) => {
+            let id = reply::binary(env, &identity.id().0);
+            (atoms::ok(), id, ResourceArc::new(IdentityKey(identity))).encode(env)
+        }
+        Err(e) => reply::error(env, (net_atoms::identity(), e.to_string())),
+    }
+}
+
+/// What `net_start` reads from its settings map (checked by `macula_routing_config` first).
+struct Settings {
+    listen: SocketAddr,
+    bootstrap: Vec<SocketAddr>,
+    config: NodeConfig,
+}
+
+impl Settings {
+    fn from_term(term: Term<'_>) -> Result<Settings, String> {
+        let text = |t: Term<'_>| -> Result<String, String> {
+            Binary::from_term(t)
+                .map(|b| String::from_utf8_lossy(b.as_slice()).into_owned())
+                .map_err(|_| "addresses must be binaries".to_string())
+        };
+        let get = |key: Atom| term.map_get(key).map_err(|_| format!("missing {key:?}"));
+        let int = |key: Atom| -> Result<u64, String> {
+            get(key)?
+                .decode::<u64>()
+                .map_err(|_| format!("{key:?} must be an integer"))
+        };
+        let listen = resolve_addr(&text(get(net_atoms::listen())?)?).map_err(|e| e.to_string())?;
+        let bootstrap_list: Vec<Term<'_>> = get(net_atoms::bootstrap_addrs())?
+            .decode()
+            .map_err(|_| "bootstrap must be a list".to_string())?;
+        let bootstrap = bootstrap_list
+            .into_iter()
+            .map(|t| resolve_addr(&text(t)?).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let size = |key: Atom| -> Result<usize, String> {
+            usize::try_from(int(key)?).map_err(|_| format!("{key:?} is too large"))
+        };
+        let config = NodeConfig {
+            k: size(atoms::k())?,
+            alpha: size(net_atoms::alpha())?,
+            replacements: size(atoms::replacements())?,
+            lookup_timeout: Duration::from_millis(int(net_atoms::lookup_timeout_ms())?),
+            transport: TransportConfig {
+                request_timeout: Duration::from_millis(int(net_atoms::request_timeout_ms())?),
+                ..TransportConfig::default()
+            },
+            ..NodeConfig::default()
+        };
+        Ok(Settings {
+            listen,
+            bootstrap,
+            config,
+        })
+    }
+}
+
+/// Checks network settings before a server starts: the addresses resolve, the node config is
+/// within bounds, and the listen address can be bound right now. `ok` or `{error, Reason}`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn net_check<'a>(env: Env<'a>, settings: Term<'a>) -> Term<'a> {
+    let checked = Settings::from_term(settings).and_then(|s| {
+        s.config.validate().map_err(|e| e.to_string())?;
+        std::net::UdpSocket::bind(s.listen)
+            .map(drop)
+            .map_err(|e| format!("cannot listen on {}: {e}", s.listen))
+    });
+    match checked {
+        Ok(()) => atoms::ok().encode(env),
+        Err(why) => reply::error(env, (net_atoms::invalid_settings(), why)),
+    }
+}
+
+/// Joins the network: binds the listener, serves peers from the node's store, and bootstraps in
+/// the background (the owner gets `{macula_dht_net, {bootstrap, Result}}`). Returns the bound
+/// address, `{Ip, Port}`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn net_start<'a>(
+    env: Env<'a>,
+    node: ResourceArc<Node>,
+    key: ResourceArc<IdentityKey>,
+    settings: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let fail = |what: Atom, why: String| Ok(reply::error(env, (what, why)));
+    if node.net().is_some() {
+        return Ok(reply::error(env, net_atoms::already_networked()));
+    }
+    if key.0.id() != node.local_id() {
+        return fail(
+            net_atoms::identity(),
+            "the identity's id is not the node's id".into(),
+        );
+    }
+    let settings = match Settings::from_term(settings) {
+        Ok(settings) => settings,
+        Err(why) => return fail(net_atoms::invalid_settings(), why),
+    };
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(why) => return fail(net_atoms::runtime(), why),
+    };
+    let owner = env.pid();
+    let events = Arc::new(AtomicBool::new(false));
+    let host = Host {
+        store: Some(node.store.clone()),
+        events: Some(event_sink(owner, node.table.clone(), events.clone())),
+    };
+    let started = runtime.block_on(macula_dht_node::Node::start_hosted(
+        &key.0,
+        settings.listen,
+        settings.config,
+        host,
+    ));
+    let started = match started {
+        Ok(started) => Arc::new(started),
+        Err(e) => return fail(net_atoms::listen(), e.to_string()),
+    };
+    let addr = started.local_addr();
+    let net = Arc::new(Net {
+        node: started.clone(),
+        runtime: runtime.handle().clone(),
+        tasks: Arc::new(AtomicUsize::new(0)),
+        events,
+        published: Mutex::new(Published::default()),
+    });
+    if let Err(net) = node.attach(net) {
+        net.stop();
+        return Ok(reply::error(env, net_atoms::already_networked()));
+    }
+    let bootstrap = settings.bootstrap;
+    runtime.spawn(async move {
+        let result = if bootstrap.is_empty() {
+            Ok(0)
+        } else {
+            started
+                .bootstrap(&bootstrap)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        send(&owner, |env| {
+            let result = match result {
+                Ok(peers) => (atoms::ok(), peers).encode(env),
+                Err(why) => reply::error(env, why),
+            };
+            (
+                net_atoms::macula_dht_net(),
+                (net_atoms::bootstrap(), result),
+            )
+                .encode(env)
+        });
+    });
+    Ok((atoms::ok(), address(env, addr)).encode(env))
+}
+
+/// Turns peer and lookup events on or off for the node's owner.
+#[rustler::nif]
+fn net_events(node: &Node, on: bool) -> Atom {
+    if let Some(net) = node.net() {
+        net.events.store(on, Ordering::Release);
+    }
+    atoms::ok()
+}
+
+/// Starts a FIND_VALUE lookup of `key` that stops once `want` providers are known; the caller
+/// gets `{macula_dht_lookup, Tag, Result}`.
+#[rustler::nif]
+fn net_find_value<'a>(
+    env: Env<'a>,
+    node: &Node,
+    key: Binary<'a>,
+    want: usize,
+    tag: Term<'a>,
+) -> Term<'a> {
+    let Some(net) = node.net() else {
+        return reply::error(env, net_atoms::not_networked());
+    };
+    let Some(slot) = TaskSlot::take(&net.tasks) else {
+        return reply::error(env, net_atoms::overloaded());
+    };
+    let reply = LookupReply::new(env.pid(), tag);
+    let key = key.as_slice().to_vec();
+    let lookup = net.node.clone();
+    net.runtime.spawn(async move {
+        let _slot = slot;
+        let found = lookup.find_providers(&key, Some(want.max(1))).await;
+        let terms: Vec<Vec<u8>> = match found {
+            Ok(report) => report.providers.into_iter().map(|p| p.term).collect(),
+            Err(_) => Vec::new(),
+        };
+        reply.providers(&terms);
+    });
+    atoms::ok().encode(env)
+}
+
+/// `store_put`, then a STORE of the record to the `k` closest nodes in the background.
+#[rustler::nif]
+fn net_store<'a>(env: Env<'a>, node: &'a Node, key: Term<'a>, value: Term<'a>) -> Term<'a> {
+    let (key, bytes) = match crate::put(env, node, key, value) {
+        Ok(stored) => stored,
+        Err(reply) => return reply,
+    };
+    let Some(net) = node.net() else {
+        return atoms::ok().encode(env);
+    };
+    let etf = bytes.as_slice().to_vec();
+    if let Some(node_id) = ProviderRecord::parse(&etf).ok().and_then(|r| r.node_id()) {
+        net.remember_published(key.as_slice(), node_id);
+    }
+    if let Some(slot) = TaskSlot::take(&net.tasks) {
+        let key = key.as_slice().to_vec();
+        let sender = net.node.clone();
+        net.runtime.spawn(async move {
+            let _slot = slot;
+            let _ = sender.replicate(&key, &etf).await;
+        });
+    }
+    atoms::ok().encode(env)
+}
+
+/// The bound address `{Ip, Port}`, or `{error, not_networked}`.
+#[rustler::nif]
+fn net_address<'a>(env: Env<'a>, node: &Node) -> Term<'a> {
+    match node.net() {
+        Some(net) => (atoms::ok(), address(env, net.node.local_addr())).encode(env),
+        None => reply::error(env, net_atoms::not_networked()),
+    }
+}
+
+/// The runtime's routing table: `[#{node_id, address}]`.
+#[rustler::nif]
+fn net_peers<'a>(env: Env<'a>, node: &Node) -> Vec<Term<'a>> {
+    node.net()
+        .map(|net| net.node.peers())
+        .unwrap_or_default()
+        .iter()
+        .map(|peer| node_info(env, peer, None))
+        .collect()
+}
+
+/// Counters of the network side (zeros without one), as `[{Name, Count}]`.
+pub fn stats(node: &Node) -> [(Atom, u64); 8] {
+    let status = node.net().map(|net| net.node.status());
+    let get = |f: fn(&macula_dht_node::Status) -> u64| status.as_ref().map_or(0, f);
+    [
+        (atoms::peers(), get(|s| s.peers as u64)),
+        (atoms::requests(), get(|s| s.requests)),
+        (atoms::bad_requests(), get(|s| s.bad_requests)),
+        (atoms::tombstones(), get(|s| s.tombstones as u64)),
+        (atoms::lookups(), get(|s| s.lookups)),
+        (atoms::lookup_timeouts(), get(|s| s.lookup_timeouts)),
+        (atoms::lookup_p50_us(), get(|s| s.lookup_p50_us)),
+        (atoms::lookup_p99_us(), get(|s| s.lookup_p99_us)),
+    ]
+}
+
+/// The reply to one lookup, owed to the caller: sent once, by `providers`, or on drop (the task
+/// died) as `{error, lookup_failed}`.
+struct LookupReply {
+    pid: LocalPid,
+    env: OwnedEnv,
+    tag: SavedTerm,
+    sent: bool,
+}
+
+impl LookupReply {
+    fn new(pid: LocalPid, tag: Term<'_>) -> LookupReply {
+        let env = OwnedEnv::new();
+        let tag = env.save(tag);
+        LookupReply {
+            pid,
+            env,
+            tag,
+            sent: false,
+        }
+    }
+
+    fn providers(mut self, terms: &[Vec<u8>]) {
+        let mut list = Vec::new();
+        etf::write_list(terms.iter().map(Vec::as_slice), &mut list);
+        self.send(|env| match crate::decode_list(env, &list) {
+            Some(providers) => (atoms::ok(), providers).encode(env),
+            None => reply::error(env, atoms::corrupt_record()),
+        });
+    }
+
+    fn send(&mut self, result: impl for<'a> FnOnce(Env<'a>) -> Term<'a>) {
+        self.sent = true;
+        let tag = &self.tag;
+        let pid = self.pid;
+        self.env.run(|env| {
+            let message = (net_atoms::macula_dht_lookup(), tag.load(env), result(env));
+            let _ = env.send(&pid, message);
+        });
+    }
+}
+
+impl Drop for LookupReply {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.send(|env| reply::error(env, net_atoms::lookup_failed()));
+        }
+    }
+}
+
+/// Sends a message built in a fresh environment. Works from any thread: on a scheduler thread
+/// the send is refused (the runtime's threads are not schedulers, so it does not happen).
+fn send(pid: &LocalPid, message: impl for<'a> FnOnce(Env<'a>) -> Term<'a>) {
+    OwnedEnv::new().run(|env| {
+        let _ = env.send(pid, message(env));
+    });
+}
+
+/// Mirrors peers into the Erlang table and passes events on to `owner` while `on` is set.
+fn event_sink(owner: LocalPid, table: Table, on: Arc<AtomicBool>) -> macula_dht_node::EventSink {
+    Arc::new(move |event: Event| {
+        let wanted = on.load(Ordering::Acquire);
+        match &event {
+            Event::PeerUp(peer) => mirror_up(&table, peer),
+            Event::PeerDown(peer) => {
+                table.write().remove(&peer.id);
+            }
+            Event::Lookup(_) => {}
+        }
+        if !wanted {
+            return;
+        }
+        send(&owner, |env| {
+            let event = match &event {
+                Event::PeerUp(peer) => {
+                    (net_atoms::peer_up(), node_info(env, peer, None)).encode(env)
+                }
+                Event::PeerDown(peer) => {
+                    (net_atoms::peer_down(), node_info(env, peer, None)).encode(env)
+                }
+                Event::Lookup(summary) => {
+                    (net_atoms::lookup(), lookup_summary(env, summary)).encode(env)
+                }
+            };
+            (net_atoms::macula_dht_net(), event).encode(env)
+        });
+    })
+}
+
+/// Puts a peer of the runtime into the Erlang table, as a NodeInfo map stored the way
+/// `table_add` stores one (ETF without the version byte).
+fn mirror_up(table: &Table, peer: &NodeInfo) {
+    let bytes = OwnedEnv::new().run(|env| {
+        let info = node_info(env, peer, Some(unix_ms()));
+        info.to_binary().as_slice().get(1..).map(Box::<[u8]>::from)
+    });
+    if let Some(bytes) = bytes {
+        table.write().insert(peer.id, bytes);
+    }
+}
+
+/// `#{node_id => Id, address => {Ip, Port}}`, with `last_seen` when given.
+fn node_info<'a>(env: Env<'a>, peer: &NodeInfo, last_seen: Option<u64>) -> Term<'a> {
+    let mut info = Term::map_new(env);
+    for (key, value) in [
+        (atoms::node_id(), reply::binary(env, &peer.id.0)),
+        (net_atoms::address(), address(env, peer.addr)),
+    ] {
+        info = info.map_put(key, value).unwrap_or(info);
+    }
+    if let Some(ms) = last_seen {
+        info = info.map_put(atoms::last_seen(), ms).unwrap_or(info);
+    }
+    info
+}
+
+fn lookup_summary<'a>(env: Env<'a>, s: &LookupSummary) -> Term<'a> {
+    let elapsed_us = u64::try_from(s.elapsed.as_micros()).unwrap_or(u64::MAX);
+    let kind = match s.kind {
+        LookupKind::FindNode => net_atoms::find_node(),
+        LookupKind::FindValue => net_atoms::find_value(),
+    };
+    let pairs: [(Atom, Term<'a>); 8] = [
+        (net_atoms::kind(), kind.encode(env)),
+        (net_atoms::target(), reply::binary(env, &s.target.0)),
+        (net_atoms::providers(), s.providers.encode(env)),
+        (net_atoms::queried(), s.queried.encode(env)),
+        (net_atoms::failed(), s.failed.encode(env)),
+        (net_atoms::hops(), s.hops.encode(env)),
+        (net_atoms::elapsed_us(), elapsed_us.encode(env)),
+        (net_atoms::timed_out(), s.timed_out.encode(env)),
+    ];
+    let keys: Vec<Term<'a>> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
+    let values: Vec<Term<'a>> = pairs.iter().map(|(_, v)| *v).collect();
+    Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| Term::map_new(env))
+}
+
+/// `{{A, B, C, D}, Port}` or `{{A, ..., H}, Port}`, as `inet` writes addresses.
+fn address(env: Env<'_>, addr: SocketAddr) -> Term<'_> {
+    let ip: Vec<Term<'_>> = match addr.ip() {
+        IpAddr::V4(v4) => v4.octets().iter().map(|o| o.encode(env)).collect(),
+        IpAddr::V6(v6) => v6.segments().iter().map(|s| s.encode(env)).collect(),
+    };
+    (make_tuple(env, &ip), addr.port()).encode(env)
+}
