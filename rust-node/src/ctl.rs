@@ -1,6 +1,6 @@
 //! The control socket of a running node: advertise, remove and status from the same machine.
 //!
-//! This module exists so that services can be advertised and withdrawn on a node that is
+//! This module exists so that services can be advertised, withdrawn and discovered on a node that is
 //! already running (`rust-node ctl ...`), without a network-facing admin port. It is a Unix
 //! socket that only the node's user can open: the socket is bound under a temporary name,
 //! restricted to mode 0600, and only then renamed into place, so there is no moment at which
@@ -12,6 +12,8 @@
 //! > {"cmd":"advertise","service":"calc","endpoint":"https://h:9443","ttl":60,"metadata":{},"once":false}
 //! < {"result":"published","key":"5e8b...","targets":7,"acked":7}
 //! > {"cmd":"remove","service":"calc"}
+//! > {"cmd":"discover","service":"calc","want":2}
+//! < {"result":"providers","providers":[{"node_id":"ab12...","endpoint":"https://h:9443",...}]}
 //! > {"cmd":"status"}
 //! < {"result":"status","id":"...","addr":"127.0.0.1:4000","peers":7,...}
 //! < {"result":"error","message":"..."}
@@ -35,6 +37,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::DEFAULT_TTL_SECS;
 use crate::node::{Node, Published, Status};
+use crate::record::ProviderView;
 
 /// Longest request or reply line, in bytes.
 pub const MAX_LINE_BYTES: usize = 64 << 10;
@@ -66,7 +69,17 @@ pub enum CtlRequest {
     Remove {
         service: String,
     },
+    /// The providers of a service as this node finds them: its own store, then a lookup.
+    Discover {
+        service: String,
+        #[serde(default = "one")]
+        want: usize,
+    },
     Status,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn default_ttl() -> u32 {
@@ -79,6 +92,7 @@ fn default_ttl() -> u32 {
 pub enum CtlResponse {
     Published(Published),
     Status(Status),
+    Providers { providers: Vec<ProviderView> },
     Error { message: String },
 }
 
@@ -265,6 +279,14 @@ async fn execute(node: &Node, request: CtlRequest) -> CtlResponse {
             }
         }
         CtlRequest::Remove { service } => node.withdraw(&service).await,
+        CtlRequest::Discover { service, want } => {
+            return match node.discover(&service, want).await {
+                Ok(found) => CtlResponse::Providers {
+                    providers: found.iter().map(ProviderView::from).collect(),
+                },
+                Err(e) => error(&e.to_string()),
+            };
+        }
         CtlRequest::Status => return CtlResponse::Status(node.status()),
     };
     match result {

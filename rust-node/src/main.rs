@@ -18,8 +18,8 @@ use macula_dht_node::config::{
     resolve_addr, ConfigError, RunOptions, RunSettings, DEFAULT_TTL_SECS,
 };
 use macula_dht_node::ctl::{self, CtlError, CtlRequest, CtlResponse, CtlServer};
-use macula_dht_node::record::{hex, unix_now};
-use macula_dht_node::{id_hex, Identity, IdentityError, Node, NodeConfig, NodeError, Provider};
+use macula_dht_node::record::{unix_now, ProviderView};
+use macula_dht_node::{id_hex, Identity, IdentityError, Node, NodeConfig, NodeError};
 
 #[derive(Parser)]
 #[command(
@@ -122,6 +122,16 @@ enum CtlAction {
     },
     /// Stop advertising SERVICE and remove it from the network.
     Remove { service: String },
+    /// Print the providers of SERVICE as the node finds them (exit 1 if there are none).
+    Discover {
+        service: String,
+        /// Stop once this many providers are known.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        want: u64,
+        /// Print the providers as a JSON list.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the node's id, address, peers and stored records.
     Status {
         #[arg(long)]
@@ -306,25 +316,31 @@ fn discover(args: DiscoverArgs) -> Result<ExitCode, Failure> {
             ))),
         }
     })?;
+    let views: Vec<ProviderView> = found.iter().map(ProviderView::from).collect();
+    print_providers(&args.service, &views, args.json)
+}
+
+/// The providers one per line (or as a JSON list); exit status 1 when there are none.
+fn print_providers(service: &str, found: &[ProviderView], json: bool) -> Result<ExitCode, Failure> {
     if found.is_empty() {
-        fail(&format!("no provider of {} found", args.service));
+        fail(&format!("no provider of {service} found"));
         return Ok(ExitCode::FAILURE);
     }
     let now = unix_now();
     let mut out = std::io::stdout().lock();
-    if args.json {
+    if json {
         let list: Vec<serde_json::Value> = found.iter().map(|p| provider_json(p, now)).collect();
         writeln!(out, "{}", serde_json::Value::Array(list))?;
     } else {
-        for p in &found {
+        for p in found {
             let ttl_left = p
                 .ttl_left(now)
-                .map_or_else(|| "?".to_string(), |s| s.max(0).to_string());
+                .map_or_else(|| "?".to_string(), |s| s.to_string());
             let metadata = serde_json::to_string(&p.metadata).unwrap_or_default();
             writeln!(
                 out,
                 "node_id={} endpoint={} ttl_left={ttl_left}s metadata={metadata}",
-                hex(&p.node_id),
+                p.node_id,
                 p.endpoint.as_deref().unwrap_or("-"),
             )?;
         }
@@ -332,13 +348,13 @@ fn discover(args: DiscoverArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn provider_json(p: &Provider, now: u64) -> serde_json::Value {
+fn provider_json(p: &ProviderView, now: u64) -> serde_json::Value {
     serde_json::json!({
-        "node_id": hex(&p.node_id),
+        "node_id": p.node_id,
         "endpoint": p.endpoint,
         "metadata": p.metadata,
-        "ttl": p.ttl_secs,
-        "ttl_left": p.ttl_left(now).map(|s| s.max(0)),
+        "ttl": p.ttl,
+        "ttl_left": p.ttl_left(now),
         "advertised_at": p.advertised_at,
     })
 }
@@ -377,6 +393,21 @@ fn control(args: CtlArgs) -> Result<ExitCode, Failure> {
         CtlAction::Status { json } => {
             return print_status(ctl::call(&args.socket, &CtlRequest::Status)?, json);
         }
+        CtlAction::Discover {
+            service,
+            want,
+            json,
+        } => {
+            let request = CtlRequest::Discover {
+                service: service.clone(),
+                want: want as usize,
+            };
+            return match ctl::call(&args.socket, &request)? {
+                CtlResponse::Providers { providers } => print_providers(&service, &providers, json),
+                CtlResponse::Error { message } => Err(Failure::Message(message)),
+                _ => Err(Failure::Message("unexpected reply to discover".into())),
+            };
+        }
     };
     match ctl::call(&args.socket, &request)? {
         CtlResponse::Published(p) => {
@@ -387,7 +418,7 @@ fn control(args: CtlArgs) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         CtlResponse::Error { message } => Err(Failure::Message(message)),
-        CtlResponse::Status(_) => Err(Failure::Message("unexpected status reply".into())),
+        _ => Err(Failure::Message("unexpected reply".into())),
     }
 }
 
@@ -395,9 +426,7 @@ fn print_status(reply: CtlResponse, json: bool) -> Result<ExitCode, Failure> {
     let status = match reply {
         CtlResponse::Status(status) => status,
         CtlResponse::Error { message } => return Err(Failure::Message(message)),
-        CtlResponse::Published(_) => {
-            return Err(Failure::Message("unexpected reply to status".into()))
-        }
+        _ => return Err(Failure::Message("unexpected reply to status".into())),
     };
     let mut out = std::io::stdout().lock();
     if json {

@@ -20,6 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use macula_dht::etf::{self, Scalar};
 use macula_dht::{NodeId, ProviderError, ProviderRecord};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Longest endpoint this node advertises, in bytes.
@@ -172,6 +173,36 @@ impl Provider {
     pub fn ttl_left(&self, now_unix: u64) -> Option<i64> {
         let end = self.advertised_at? as i128 + i128::from(self.ttl_secs?);
         i64::try_from(end - now_unix as i128).ok()
+    }
+}
+
+/// What a person or a script is shown of a provider: the contract's fields, the id in hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderView {
+    pub node_id: String,
+    pub endpoint: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub ttl: Option<u32>,
+    pub advertised_at: Option<u64>,
+}
+
+impl From<&Provider> for ProviderView {
+    fn from(p: &Provider) -> ProviderView {
+        ProviderView {
+            node_id: hex(&p.node_id),
+            endpoint: p.endpoint.clone(),
+            metadata: p.metadata.clone(),
+            ttl: p.ttl_secs,
+            advertised_at: p.advertised_at,
+        }
+    }
+}
+
+impl ProviderView {
+    /// Seconds until `advertised_at + ttl` by the wall clock `now_unix` (0 once past), when the
+    /// record has both.
+    pub fn ttl_left(&self, now_unix: u64) -> Option<u64> {
+        Some((self.advertised_at? + u64::from(self.ttl?)).saturating_sub(now_unix))
     }
 }
 

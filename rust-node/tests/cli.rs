@@ -198,3 +198,40 @@ fn control_socket_is_private_and_sigterm_exits_cleanly() {
     let again = procs.start_node("private", &args);
     assert_eq!(again.id, node.id);
 }
+
+#[test]
+fn ctl_discover_asks_the_running_node() {
+    let mut procs = Procs::new("cli-ctl-discover");
+    let first = procs.start_node("first", &[]);
+    let bootstrap = ["--bootstrap".to_string(), first.addr.to_string()];
+    let second = procs.start_node("second", &bootstrap);
+    let (first_ctl, second_ctl) = (
+        first.ctl.display().to_string(),
+        second.ctl.display().to_string(),
+    );
+    let advertised = procs.run(
+        &[
+            "ctl",
+            "--socket",
+            &first_ctl,
+            "advertise",
+            "calc",
+            "https://calc:1",
+        ],
+        WITHIN,
+    );
+    assert!(advertised.status.success(), "{advertised:?}");
+    let found = procs.run(
+        &["ctl", "--socket", &second_ctl, "discover", "calc", "--json"],
+        WITHIN,
+    );
+    assert!(found.status.success(), "{found:?}");
+    let list: serde_json::Value = serde_json::from_str(found.stdout.trim()).unwrap();
+    assert_eq!(list[0]["node_id"], serde_json::json!(first.id));
+    assert_eq!(list[0]["endpoint"], "https://calc:1");
+    let missing = procs.run(
+        &["ctl", "--socket", &second_ctl, "discover", "nothing"],
+        WITHIN,
+    );
+    one_line_failure(&missing, 1, "no provider of nothing found");
+}
