@@ -215,12 +215,13 @@ execute({store, Key, Provider}, #node{handle = H}) ->
     macula_dht_nif:net_store(H, Key, Provider);
 execute({delete_local, Key, NodeId}, #node{handle = H}) ->
     macula_dht_nif:store_delete(H, Key, NodeId);
-execute({find_value, Key, K}, #node{handle = H, lookup_timeout = Timeout}) ->
+execute({find_value, Key, _K}, #node{handle = H, lookup_timeout = undefined}) ->
     case macula_dht_nif:store_get(H, Key) of
-        not_found when Timeout =:= undefined -> {ok, []};
-        not_found -> network_find_value(H, Key, K, Timeout);
+        not_found -> {ok, []};
         Other -> Other
     end;
+execute({find_value, Key, K}, #node{handle = H, lookup_timeout = Timeout}) ->
+    network_find_value(H, Key, K, Timeout);
 execute(get_all_keys, #node{handle = H}) ->
     {ok, macula_dht_nif:store_keys(H)};
 execute({add_node, NodeInfo}, #node{handle = H}) ->
@@ -253,9 +254,10 @@ execute(peers, #node{handle = H}) ->
 execute(_Unknown, _Node) ->
     {error, unknown_request}.
 
-%% A lookup on the runtime; the reply comes by message, within the timeout unless the task died
-%% (then at once, `{error, lookup_failed}'); the grace period covers anything else.
-network_find_value(H, Key, K, Timeout) when is_binary(Key), is_integer(K), K > 0 ->
+%% Answered from the local store when this node is one of the key's replicas, else by a lookup
+%% on the runtime whose reply comes by message: within the timeout, or at once as
+%% `{error, lookup_failed}' if the task died; the grace period covers anything else.
+network_find_value(H, Key, K, Timeout) when is_integer(K), K > 0 ->
     Tag = make_ref(),
     case macula_dht_nif:net_find_value(H, Key, K, Tag) of
         ok ->
@@ -264,11 +266,9 @@ network_find_value(H, Key, K, Timeout) when is_binary(Key), is_integer(K), K > 0
             after Timeout + ?LOOKUP_GRACE_MS ->
                 {error, timeout}
             end;
-        Error ->
-            Error
+        Answered ->
+            Answered
     end;
-network_find_value(_H, Key, _K, _Timeout) when not is_binary(Key) ->
-    {error, {invalid_key, not_a_binary}};
 network_find_value(_H, _Key, K, _Timeout) ->
     {error, {invalid_count, K}}.
 

@@ -125,24 +125,38 @@ fn store_get<'a>(env: Env<'a>, node: &'a Node, key: Term<'a>) -> Term<'a> {
     if node.is_closed() {
         return atoms::closed().encode(env);
     }
+    match read_local(env, node, key.as_slice()) {
+        Ok(Some(list)) => (atoms::ok(), list).encode(env),
+        Ok(None) => atoms::not_found().encode(env),
+        Err(reply) => reply,
+    }
+}
+
+/// The live providers under `key` as a list, from the read cache or the store; `None` when
+/// there are none.
+pub(crate) fn read_local<'a>(
+    env: Env<'a>,
+    node: &Node,
+    key: &[u8],
+) -> Result<Option<Term<'a>>, Term<'a>> {
     let now = node.now_ms();
-    if let Some(list) = node.read_cache.read().get(env, key.as_slice(), now) {
-        return (atoms::ok(), list).encode(env);
+    if let Some(list) = node.read_cache.read().get(env, key, now) {
+        return Ok(Some(list));
     }
     with_reply_buf(|buf| {
         let store = node.store.read();
-        let listed = store.write_list(key.as_slice(), now, buf);
+        let listed = store.write_list(key, now, buf);
         if listed.count == 0 {
-            return atoms::not_found().encode(env);
+            return Ok(None);
         }
         let Some(list) = decode_list(env, buf) else {
-            return reply::error(env, atoms::corrupt_record());
+            return Err(reply::error(env, atoms::corrupt_record()));
         };
         // Cached while the store is still read-locked, so no write can slip in between.
         node.read_cache
             .write()
-            .admit(key.as_slice(), list, listed.valid_until_ms);
-        (atoms::ok(), list).encode(env)
+            .admit(key, list, listed.valid_until_ms);
+        Ok(Some(list))
     })
 }
 

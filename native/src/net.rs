@@ -347,19 +347,30 @@ fn net_events(node: &Node, on: bool) -> Atom {
     atoms::ok()
 }
 
-/// Starts a FIND_VALUE lookup of `key` that stops once `want` providers are known; the caller
-/// gets `{macula_dht_lookup, Tag, Result}`.
+/// The providers of `key`: `{ok, Providers}` at once when this node is one of the key's replicas
+/// and holds some; otherwise `ok`, and a lookup that stops once `want` providers are known sends
+/// the caller `{macula_dht_lookup, Tag, Result}` (see `Node::providers`).
 #[rustler::nif]
 fn net_find_value<'a>(
     env: Env<'a>,
     node: &Node,
-    key: Binary<'a>,
+    key: Term<'a>,
     want: usize,
     tag: Term<'a>,
 ) -> Term<'a> {
+    let Ok(key) = Binary::from_term(key) else {
+        return reply::invalid_key(env);
+    };
     let Some(net) = node.net() else {
         return reply::error(env, net_atoms::not_networked());
     };
+    if net.node.is_replica(key.as_slice()) {
+        match crate::read_local(env, node, key.as_slice()) {
+            Ok(Some(list)) => return (atoms::ok(), list).encode(env),
+            Ok(None) => {}
+            Err(reply) => return reply,
+        }
+    }
     let Some(slot) = TaskSlot::take(&net.tasks) else {
         return reply::error(env, net_atoms::overloaded());
     };
@@ -368,9 +379,8 @@ fn net_find_value<'a>(
     let lookup = net.node.clone();
     net.runtime.spawn(async move {
         let _slot = slot;
-        let found = lookup.find_providers(&key, Some(want.max(1))).await;
-        let terms: Vec<Vec<u8>> = match found {
-            Ok(report) => report.providers.into_iter().map(|p| p.term).collect(),
+        let terms: Vec<Vec<u8>> = match lookup.providers(&key, want).await {
+            Ok(found) => found.into_iter().map(|p| p.term).collect(),
             Err(_) => Vec::new(),
         };
         reply.providers(&terms);

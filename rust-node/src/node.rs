@@ -395,17 +395,22 @@ impl Node {
         self.shared.withdraw(service).await
     }
 
-    /// Providers of `service`: the local ones if there are at least `want` (at least 1),
-    /// otherwise an iterative FIND_VALUE lookup that returns as soon as `want` distinct
-    /// providers are known; local providers come first. Empty when none is found anywhere.
+    /// Providers of `service`: see [`Node::providers`].
     pub async fn discover(&self, service: &str, want: usize) -> Result<Vec<Provider>, NodeError> {
-        let key = service_key(service);
+        self.providers(&service_key(service), want).await
+    }
+
+    /// Providers of `key`: the local ones when this node holds them as one of the key's
+    /// replicas ([`Node::is_replica`]) or holds at least `want` (at least 1); otherwise an
+    /// iterative FIND_VALUE lookup that returns as soon as `want` distinct providers are known,
+    /// with the local ones first. Empty when none is found anywhere.
+    pub async fn providers(&self, key: &[u8], want: usize) -> Result<Vec<Provider>, NodeError> {
         let want = want.max(1);
-        let mut found = self.local_providers(&key);
-        if found.len() >= want {
+        let mut found = self.local_providers(key);
+        if found.len() >= want || (!found.is_empty() && self.is_replica(key)) {
             return Ok(found);
         }
-        let report = self.find_providers(&key, Some(want)).await?;
+        let report = self.find_providers(key, Some(want)).await?;
         for provider in report.providers {
             if !found.iter().any(|p| same_provider(p, &provider)) {
                 found.push(provider);
@@ -451,6 +456,22 @@ impl Node {
         let shared = self.shared.clone();
         let (key, node_id) = (key.to_vec(), node_id.to_vec());
         async move { shared.send_remove(&key, &node_id).await }
+    }
+
+    /// Whether this node is one of the `k` closest it knows to `key`: the nodes every STORE and
+    /// REMOVE of the key is sent to, so its store answers for the key. A node that only holds
+    /// its own record of a key (it published it) is not, and must ask the network.
+    pub fn is_replica(&self, key: &[u8]) -> bool {
+        let target = NodeId::normalize(key);
+        let own = self.shared.id.distance(&target);
+        let k = self.shared.config.k;
+        let table = self.shared.table.lock();
+        let closer = table
+            .closest(&target, k)
+            .into_iter()
+            .take_while(|(id, _)| id.distance(&target) < own)
+            .count();
+        closer < k
     }
 
     /// The live providers this node holds under `key`.

@@ -1,0 +1,235 @@
+//! A node inside a host, as the NIF runs one: the host's store served to peers, the host told
+//! of peers and lookups, raw records replicated and removed, lookups ended by their timeout,
+//! and the rule for when the local store answers for a key.
+
+mod support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use macula_dht::etf::Writer;
+use macula_dht::StoreLimits;
+use macula_dht_node::{
+    Event, Host, Identity, LookupKind, Node, NodeConfig, SharedStore, Testnet, TransportConfig,
+};
+use support::{eventually, fast_config};
+
+const WITHIN: Duration = Duration::from_secs(5);
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// `#{node_id => Id, endpoint => Endpoint}` as versioned ETF.
+fn record(node_id: &[u8], endpoint: &str) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.map(2);
+    w.atom("endpoint");
+    w.binary(endpoint.as_bytes());
+    w.atom("node_id");
+    w.binary(node_id);
+    w.into_bytes()
+}
+
+/// A node started in a host that shares `store` and collects its events.
+async fn hosted(config: NodeConfig, store: Arc<SharedStore>) -> (Node, Arc<Mutex<Vec<Event>>>) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let host = Host {
+        store: Some(store),
+        events: Some(Arc::new(move |e| sink.lock().unwrap().push(e))),
+    };
+    let node = Node::start_hosted(&Identity::generate().unwrap(), loopback(), config, host)
+        .await
+        .unwrap();
+    (node, events)
+}
+
+fn count(events: &Mutex<Vec<Event>>, pick: impl Fn(&Event) -> bool) -> usize {
+    events.lock().unwrap().iter().filter(|e| pick(e)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_store_into_the_hosts_store_and_the_host_hears_peers_and_lookups() {
+    let net = Testnet::start(3, fast_config()).await.unwrap();
+    let writes = Arc::new(AtomicUsize::new(0));
+    let hooked = writes.clone();
+    let store = Arc::new(SharedStore::with_write_hook(
+        StoreLimits::default(),
+        Box::new(move |_| {
+            hooked.fetch_add(1, Ordering::Relaxed);
+        }),
+    ));
+    let (node, events) = hosted(fast_config(), store.clone()).await;
+    node.bootstrap(&[net.bootstrap_addr()]).await.unwrap();
+    assert_eq!(
+        count(&events, |e| matches!(e, Event::PeerUp(_))),
+        3,
+        "each peer is announced once"
+    );
+    assert!(
+        count(
+            &events,
+            |e| matches!(e, Event::Lookup(s) if s.kind == LookupKind::FindNode)
+        ) >= 1
+    );
+
+    // A record advertised elsewhere lands in the host's store (k = 20 > 4 nodes).
+    let provider = net.node(1).unwrap();
+    provider
+        .advertise("svc", "https://svc:1", Default::default(), 60)
+        .await
+        .unwrap();
+    let key = macula_dht_node::service_key("svc");
+    let now = || store.now_ms();
+    assert!(
+        eventually(WITHIN, || async {
+            store.read().providers(&key, now()).count() == 1
+        })
+        .await
+    );
+    assert!(
+        writes.load(Ordering::Relaxed) >= 1,
+        "the host's hook saw the peer's STORE"
+    );
+
+    // A lookup is reported with what it found.
+    node.find_providers(&key, None).await.unwrap();
+    assert!(
+        count(&events, |e| matches!(
+            e,
+            Event::Lookup(s) if s.kind == LookupKind::FindValue && s.providers == 1 && !s.timed_out
+        )) == 1
+    );
+
+    // A peer that stops answering leaves the table, and the host hears it.
+    let gone = net.node(2).unwrap().id();
+    let mut net = net;
+    net.stop(2).await;
+    let _ = node.find_node(gone).await;
+    assert!(
+        eventually(WITHIN, || async {
+            count(&events, |e| matches!(e, Event::PeerDown(p) if p.id == gone)) == 1
+        })
+        .await
+    );
+    node.shutdown().await;
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_records_are_replicated_and_removed_everywhere() {
+    let net = Testnet::start(4, fast_config()).await.unwrap();
+    let store = Arc::new(SharedStore::new(StoreLimits::default()));
+    let (node, _) = hosted(fast_config(), store.clone()).await;
+    node.bootstrap(&[net.bootstrap_addr()]).await.unwrap();
+    let key = b"any key, not a service hash".to_vec();
+    let etf = record(b"provider-1", "https://p1:1");
+    let now = store.now_ms();
+    store.write(&key, |s| s.upsert(&key, &etf, now)).unwrap();
+
+    let published = node.replicate(&key, &etf).await.unwrap();
+    assert_eq!((published.targets, published.acked), (4, 4));
+    for peer in net.nodes() {
+        assert_eq!(peer.local_providers(&key).len(), 1);
+    }
+
+    // Removal is immediate here, before the returned future runs.
+    let sending = node.remove(&key, b"provider-1");
+    assert!(node.local_providers(&key).is_empty());
+    let removed = sending.await.unwrap();
+    assert_eq!(removed.acked, 4);
+    for peer in net.nodes() {
+        assert!(peer.local_providers(&key).is_empty());
+    }
+    // A late copy of the removed record is kept out by the replicas' tombstones.
+    let late = net.node(1).unwrap();
+    late.replicate(&key, &etf).await.unwrap();
+    assert!(net.node(2).unwrap().local_providers(&key).is_empty());
+    node.shutdown().await;
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_through_a_silent_peer_ends_at_its_timeout() {
+    let config = NodeConfig {
+        lookup_timeout: Duration::from_millis(400),
+        transport: TransportConfig {
+            request_timeout: Duration::from_secs(30),
+            ..TransportConfig::default()
+        },
+        ..fast_config()
+    };
+    let peer = Node::start(&Identity::generate().unwrap(), loopback(), fast_config())
+        .await
+        .unwrap();
+    let addr = peer.local_addr();
+    let (node, events) = hosted(config, Arc::new(SharedStore::new(StoreLimits::default()))).await;
+    node.bootstrap(&[addr]).await.unwrap();
+    // The peer's port now swallows every packet: requests to it hang.
+    peer.shutdown().await;
+    drop(peer);
+    let mut silent = None;
+    // The closed endpoint releases its port once its driver task has finished.
+    assert!(
+        eventually(WITHIN, || {
+            silent = silent.take().or_else(|| UdpSocket::bind(addr).ok());
+            std::future::ready(silent.is_some())
+        })
+        .await
+    );
+
+    let started = std::time::Instant::now();
+    let report = node.find_providers(b"missing", None).await.unwrap();
+    let took = started.elapsed();
+    assert!(report.timed_out, "{report:?}");
+    assert!(report.providers.is_empty());
+    assert!(
+        took < Duration::from_secs(5),
+        "ended by the lookup timeout, took {took:?}"
+    );
+    assert_eq!(node.status().lookup_timeouts, 1);
+    assert_eq!(
+        count(&events, |e| matches!(e, Event::Lookup(s) if s.timed_out)),
+        1
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_store_answers_only_on_a_replica() {
+    let config = NodeConfig {
+        k: 2,
+        ..fast_config()
+    };
+    let net = Testnet::start(8, config.clone()).await.unwrap();
+    let key = b"a key".to_vec();
+    let target = macula_dht::NodeId::normalize(&key);
+    let mut by_distance: Vec<&Node> = net.nodes().iter().collect();
+    by_distance.sort_by_key(|n| n.id().distance(&target));
+    let (nearest, farthest) = (by_distance[0], by_distance[7]);
+    assert!(
+        eventually(WITHIN, || async {
+            farthest.peers().len() >= 2 && nearest.peers().len() >= 2
+        })
+        .await
+    );
+    // The farthest node may know fewer nodes than there are, but not that it is a replica:
+    // every other node is closer.
+    assert!(!farthest.is_replica(&key));
+    assert!(nearest.is_replica(&key));
+
+    // The farthest publishes its own record; the replicas (the 2 nearest) get it, and a second
+    // provider only reaches them. The farthest's `providers` asks the network and finds both.
+    let own = record(&farthest.id().0, "https://far:1");
+    farthest.replicate(&key, &own).await.unwrap();
+    let other = record(b"other", "https://other:1");
+    nearest.replicate(&key, &other).await.unwrap();
+    let found = farthest.providers(&key, 20).await.unwrap();
+    let mut endpoints: Vec<String> = found.into_iter().filter_map(|p| p.endpoint).collect();
+    endpoints.sort();
+    assert_eq!(endpoints, ["https://far:1", "https://other:1"]);
+    net.shutdown().await;
+}
