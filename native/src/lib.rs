@@ -72,9 +72,10 @@ fn field<'a, T: rustler::Decoder<'a>>(config: Term<'a>, key: rustler::Atom) -> N
     config.map_get(key)?.decode()
 }
 
-#[rustler::nif]
+/// Closes the node; in network mode, returns once its listening port is released.
+#[rustler::nif(schedule = "DirtyIo")]
 fn close(node: &Node) -> rustler::Atom {
-    node.close();
+    node.close_and_wait();
     atoms::ok()
 }
 

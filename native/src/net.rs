@@ -45,6 +45,9 @@ const MAX_TASKS: usize = 4096;
 /// Records this node published with `store/3` that `delete_local/3` removes everywhere.
 const MAX_PUBLISHED: usize = 65_536;
 
+/// Longest `close/1` waits for a node's endpoint to close (it gives up its port then).
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
 /// Worker threads of the VM's runtime: network work is I/O bound and must not compete with the
 /// schedulers.
 const RUNTIME_THREADS: usize = 2;
@@ -118,6 +121,15 @@ impl Net {
     pub fn stop(&self) {
         let node = self.node.clone();
         self.runtime.spawn(async move { node.shutdown().await });
+    }
+
+    /// Stops the node and waits until its endpoint is closed. Blocks: dirty schedulers only.
+    pub fn stop_and_wait(&self) {
+        let node = self.node.clone();
+        let closing = self.runtime.spawn(async move { node.shutdown().await });
+        let _ = self
+            .runtime
+            .block_on(async { tokio::time::timeout(STOP_WAIT, closing).await });
     }
 
     fn remember_published(&self, key: &[u8], node_id: &[u8]) {

@@ -85,12 +85,25 @@ impl Node {
         Ok(())
     }
 
-    /// Closes the handle and stops the network side, if any.
+    /// Closes the handle and stops the network side, if any, in the background: for the
+    /// monitor callback, which must not block.
     pub fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        if let Some(net) = self.net.write().take() {
+        if let Some(net) = self.take_net() {
             net.stop();
         }
+    }
+
+    /// Closes the handle and stops the network side, returning once its port is released (at
+    /// most a few seconds), so that a restarted server can bind it again.
+    pub fn close_and_wait(&self) {
+        if let Some(net) = self.take_net() {
+            net.stop_and_wait();
+        }
+    }
+
+    fn take_net(&self) -> Option<Arc<Net>> {
+        self.closed.store(true, Ordering::Release);
+        self.net.write().take()
     }
 
     pub fn is_closed(&self) -> bool {

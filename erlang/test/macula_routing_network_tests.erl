@@ -1,0 +1,190 @@
+%% @doc EUnit tests of macula_routing_server's network mode on one VM, without peers: the
+%% settings and how bad ones are refused, the identity and the node id, the node's own answers,
+%% restart on the same port, and events. Clusters of several VMs are in the Common Test suites.
+-module(macula_routing_network_tests).
+
+-include_lib("eunit/include/eunit.hrl").
+
+-define(LOOPBACK, {127, 0, 0, 1}).
+
+%%--------------------------------------------------------------------------------------------
+%% Settings
+%%--------------------------------------------------------------------------------------------
+
+parse_network_defaults_test() ->
+    {ok, #{network := undefined}} = macula_routing_config:parse(#{k => 20}),
+    {ok, #{network := Network}} = macula_routing_config:parse(#{listen => {?LOOPBACK, 0}}),
+    ?assertEqual(#{listen => <<"127.0.0.1:0">>, bootstrap => [], identity => undefined,
+                   lookup_timeout_ms => 5000, request_timeout_ms => 2000}, Network).
+
+parse_network_addresses_test() ->
+    Config = #{listen => "[::1]:4000",
+               bootstrap => [{{0, 0, 0, 0, 0, 0, 0, 1}, 4001}, <<"node-b.example:4002">>, "10.0.0.1:4003"],
+               identity => "/var/lib/node.key", lookup_timeout_ms => 250},
+    {ok, #{network := Network}} = macula_routing_config:parse(Config),
+    ?assertEqual(<<"[::1]:4000">>, maps:get(listen, Network)),
+    ?assertEqual([<<"[::1]:4001">>, <<"node-b.example:4002">>, <<"10.0.0.1:4003">>],
+                 maps:get(bootstrap, Network)),
+    ?assertEqual(<<"/var/lib/node.key">>, maps:get(identity, Network)),
+    ?assertEqual(250, maps:get(lookup_timeout_ms, Network)).
+
+parse_network_refuses_bad_values_test_() ->
+    Listen = {?LOOPBACK, 0},
+    TooMany = [{?LOOPBACK, P} || P <- lists:seq(1, 17)],
+    Bad = [{listen, {?LOOPBACK, 70000}},
+           {listen, {{1, 2, 3}, 80}},
+           {listen, <<>>},
+           {listen, binary:copy(<<"a">>, 256)},
+           {listen, 42},
+           {bootstrap, "127.0.0.1:1"},
+           {bootstrap, TooMany},
+           {bootstrap, [{?LOOPBACK, 1}, nope]},
+           {identity, 42},
+           {identity, ""},
+           {lookup_timeout_ms, 0},
+           {request_timeout_ms, infinity}],
+    [?_assertEqual({error, {invalid_config, Key, Value}},
+                   macula_routing_config:parse(maps:merge(#{listen => Listen}, #{Key => Value})))
+     || {Key, Value} <- Bad].
+
+%% Without `listen', network keys are ignored like any unknown key.
+network_keys_without_listen_are_ignored_test() ->
+    ?assertMatch({ok, #{network := undefined}},
+                 macula_routing_config:parse(#{bootstrap => nope, identity => 42})).
+
+%%--------------------------------------------------------------------------------------------
+%% One networked server
+%%--------------------------------------------------------------------------------------------
+
+with_dir(Test) ->
+    {setup, fun make_dir/0, fun remove_dir/1, Test}.
+
+make_dir() ->
+    Dir = filename:join(os:getenv("TMPDIR", "/tmp"),
+                        "macula_net_" ++ integer_to_list(erlang:unique_integer([positive]))),
+    ok = filelib:ensure_dir(filename:join(Dir, "x")),
+    Dir.
+
+remove_dir(Dir) ->
+    catch gen_server:stop(macula_routing_server),
+    _ = file:del_dir_r(Dir),
+    ok.
+
+start(Config) ->
+    catch gen_server:stop(macula_routing_server),
+    {ok, Pid} = macula_routing_server:start_link(auto, Config),
+    unlink(Pid),
+    Pid.
+
+stop(Pid) ->
+    catch gen_server:stop(Pid).
+
+identity_and_node_id_test_() ->
+    with_dir(fun(Dir) -> ?_test(begin
+        Key = filename:join(Dir, "node.key"),
+        Config = #{listen => {?LOOPBACK, 0}, identity => Key},
+        P1 = start(Config),
+        Id = macula_routing_server:node_id(P1),
+        stop(P1),
+        ?assertEqual(32, byte_size(Id)),
+        ?assert(filelib:is_regular(Key)),
+        %% The id is the key's: the same file gives it again, by `auto' or by itself.
+        P2 = start(Config),
+        ?assertEqual(Id, macula_routing_server:node_id(P2)),
+        stop(P2),
+        {ok, P3} = macula_routing_server:start_link(Id, Config),
+        unlink(P3),
+        stop(P3),
+        %% Another id is refused before any process starts, and the caller lives on.
+        Other = macula_routing_nodeid:generate(),
+        ?assertEqual({error, {node_id_mismatch, #{given => Other, identity => Id}}},
+                     macula_routing_server:start_link(Other, Config)),
+        ?assertEqual(undefined, whereis(macula_routing_server))
+    end) end).
+
+refused_settings_test_() ->
+    with_dir(fun(Dir) -> ?_test(begin
+        {ok, Busy} = gen_udp:open(0, [{ip, ?LOOPBACK}]),
+        NotAKey = filename:join(Dir, "not-a.key"),
+        ok = file:write_file(NotAKey, <<"not a key">>),
+        {ok, BusyPort} = inet:port(Busy),
+        Refusals = [#{listen => {?LOOPBACK, BusyPort}},
+                    #{listen => {?LOOPBACK, 0}, bootstrap => ["no-such-host.invalid:4000"]},
+                    #{listen => {?LOOPBACK, 0}, k => 65},
+                    #{listen => {?LOOPBACK, 0}, identity => NotAKey},
+                    #{listen => "not an address"}],
+        try
+            [?assertMatch({{error, _}, undefined},
+                          {macula_routing_server:start_link(auto, C), whereis(macula_routing_server)})
+             || C <- Refusals]
+        after
+            gen_udp:close(Busy)
+        end
+    end) end).
+
+single_networked_node_test_() ->
+    {setup,
+     fun() -> start(#{listen => {?LOOPBACK, 0}, lookup_timeout_ms => 1000}) end,
+     fun stop/1,
+     fun(P) -> [
+        ?_assertMatch({ok, {?LOOPBACK, Port}} when Port > 0, macula_routing_server:address(P)),
+        ?_assertEqual([], macula_routing_server:peers(P)),
+        ?_test(alone_it_answers_for_every_key(P)),
+        ?_test(stats_have_the_network_counters(P)),
+        ?_test(subscriptions_are_checked(P))
+     ] end}.
+
+alone_it_answers_for_every_key(P) ->
+    Key = <<"alone">>,
+    ?assertEqual({ok, []}, macula_routing_server:find_value(P, Key, 20)),
+    Provider = #{node_id => <<"p1">>, endpoint => <<"https://p1:1">>},
+    ?assertEqual(ok, macula_routing_server:store(P, Key, Provider)),
+    ?assertEqual({ok, [Provider]}, macula_routing_server:find_value(P, Key, 20)),
+    ?assertEqual({error, {invalid_count, 0}}, macula_routing_server:find_value(P, Key, 0)),
+    ?assertEqual({error, {invalid_key, not_a_binary}}, macula_routing_server:find_value(P, key, 20)),
+    %% Bad input to store/3 is refused and the stored provider stays.
+    ?assertMatch({error, _}, macula_routing_server:store(P, Key, not_a_map)),
+    ?assertEqual({ok, [Provider]}, macula_routing_server:get_local(P, Key)),
+    %% A provider it published is removed (here: everywhere there is, i.e. here).
+    ?assertEqual(ok, macula_routing_server:delete_local(P, Key, <<"p1">>)),
+    ?assertEqual(not_found, macula_routing_server:get_local(P, Key)).
+
+stats_have_the_network_counters(P) ->
+    Stats = macula_routing_server:stats(P),
+    [?assert(is_integer(maps:get(Name, Stats)))
+     || Name <- [keys, records, bytes, expired, rejected, nodes, nif_allocated_bytes, peers,
+                 requests, bad_requests, tombstones, lookups, lookup_timeouts, lookup_p50_us,
+                 lookup_p99_us]],
+    ?assertEqual(0, maps:get(peers, Stats)).
+
+subscriptions_are_checked(P) ->
+    ?assertEqual({error, {invalid_event_kinds, [everything]}},
+                 macula_routing_server:subscribe(P, [everything])),
+    ?assertEqual({error, {invalid_event_kinds, []}}, macula_routing_server:subscribe(P, [])),
+    ?assertEqual(ok, macula_routing_server:subscribe(P, [lookups])),
+    %% Alone, a miss runs a lookup with nobody to ask: its event still comes.
+    {ok, []} = macula_routing_server:find_value(P, <<"nobody has it">>, 20),
+    receive
+        {macula_dht_event, {lookup, #{kind := find_value, providers := 0, timed_out := false}}} -> ok
+    after 2000 ->
+        error(no_lookup_event)
+    end,
+    ?assertEqual(ok, macula_routing_server:unsubscribe(P)),
+    {ok, []} = macula_routing_server:find_value(P, <<"nobody has it either">>, 20),
+    receive
+        {macula_dht_event, Late} -> error({event_after_unsubscribe, Late})
+    after 200 ->
+        ok
+    end.
+
+%% A stopped server has given its port back: a restart binds the same one at once.
+restart_on_the_same_port_test() ->
+    P1 = start(#{listen => {?LOOPBACK, 0}}),
+    {ok, {_, Port}} = macula_routing_server:address(P1),
+    stop(P1),
+    P2 = start(#{listen => {?LOOPBACK, Port}}),
+    try
+        ?assertEqual({ok, {?LOOPBACK, Port}}, macula_routing_server:address(P2))
+    after
+        stop(P2)
+    end.
