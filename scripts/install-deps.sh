@@ -3,7 +3,7 @@
 # from Debian's packages. Rust (cargo) is expected to be there already.
 set -eu
 missing=""
-command -v erl >/dev/null 2>&1 || missing="$missing erlang-nox erlang-dev"
+command -v erl >/dev/null 2>&1 || missing="$missing erlang-nox erlang-dev erlang-common-test"
 command -v rebar3 >/dev/null 2>&1 || missing="$missing rebar3"
 [ -n "$missing" ] || exit 0
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust first" >&2; exit 1; }

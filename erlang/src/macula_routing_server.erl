@@ -53,6 +53,8 @@
 
 %% Processes subscribed to events at once.
 -define(MAX_SUBSCRIBERS, 1024).
+%% Largest K of a network find_value: a lookup stops once it knows this many providers.
+-define(MAX_WANT, 1 bsl 20).
 %% Beyond the lookup timeout, how long a caller waits for a lookup task that died unnoticed.
 -define(LOOKUP_GRACE_MS, 1000).
 
@@ -257,7 +259,7 @@ execute(_Unknown, _Node) ->
 %% Answered from the local store when this node is one of the key's replicas, else by a lookup
 %% on the runtime whose reply comes by message: within the timeout, or at once as
 %% `{error, lookup_failed}' if the task died; the grace period covers anything else.
-network_find_value(H, Key, K, Timeout) when is_integer(K), K > 0 ->
+network_find_value(H, Key, K, Timeout) when is_integer(K), K > 0, K =< ?MAX_WANT ->
     Tag = make_ref(),
     case macula_dht_nif:net_find_value(H, Key, K, Tag) of
         ok ->

@@ -448,6 +448,11 @@ fn print_status(reply: CtlResponse, json: bool) -> Result<ExitCode, Failure> {
             "requests: {} ({} bad)",
             status.requests, status.bad_requests
         )?;
+        writeln!(
+            out,
+            "lookups: {} ({} timed out), p50 {} us, p99 {} us",
+            status.lookups, status.lookup_timeouts, status.lookup_p50_us, status.lookup_p99_us
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
