@@ -3,6 +3,11 @@
 //! generically; this builder caches atoms and builds each container in one call. Anything it does
 //! not handle (pids, refs, funs, big bignums, ...) makes it give up, and the caller falls back to
 //! `binary_to_term`.
+//!
+//! An atom this VM does not know comes back as a binary of its name. Such an atom can only be in
+//! a record that arrived from another node (a local record's atoms exist here), creating it would
+//! let peers fill the atom table, and refusing the record would make the whole key unreadable
+//! here; Macula already treats `field` and `<<"field">>` keys as one field.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -310,7 +315,8 @@ impl Scratch {
         }
     }
 
-    /// The existing atom with that name, from the cache or the atom table; None if there is none.
+    /// The existing atom with that name, from the cache or the atom table, or else a binary of
+    /// the name (UTF-8); None for a name no atom can have.
     fn atom(&mut self, env: Env, name: &[u8], utf8: bool) -> Option<ErlNifTerm> {
         let mut buf;
         let latin1 = if utf8 && !name.is_ascii() {
@@ -338,13 +344,23 @@ impl Scratch {
             )
         };
         if found == 0 {
-            return None;
+            return Some(unknown_atom(env, name, utf8));
         }
         if self.atoms.len() < ATOM_CACHE_CAP {
             self.atoms.insert(latin1.into(), term);
         }
         Some(term)
     }
+}
+
+/// The name of an atom this VM does not have, as a UTF-8 binary.
+fn unknown_atom(env: Env, name: &[u8], utf8: bool) -> ErlNifTerm {
+    let text: std::borrow::Cow<[u8]> = if utf8 {
+        name.into()
+    } else {
+        name.iter().map(|&b| char::from(b)).collect::<String>().into_bytes().into()
+    };
+    Term::from(NewBinary::from_slice(env, &text)).as_c_arg()
 }
 
 /// Transcodes a UTF-8 atom name whose characters are all below 256; None otherwise (including
