@@ -16,6 +16,7 @@
 //! ctl = "/run/rust-node.sock"
 //! log = "info"
 //! request_timeout_ms = 2000
+//! lookup_timeout_ms = 5000
 //! ```
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -110,6 +111,7 @@ pub struct RunOptions {
     pub ctl: Option<PathBuf>,
     pub log: Option<String>,
     pub request_timeout_ms: Option<u64>,
+    pub lookup_timeout_ms: Option<u64>,
 }
 
 impl RunOptions {
@@ -137,6 +139,7 @@ impl RunOptions {
             ctl: self.ctl.or(file.ctl),
             log: self.log.or(file.log),
             request_timeout_ms: self.request_timeout_ms.or(file.request_timeout_ms),
+            lookup_timeout_ms: self.lookup_timeout_ms.or(file.lookup_timeout_ms),
         }
     }
 
@@ -171,12 +174,10 @@ impl RunOptions {
             node.alpha = alpha;
         }
         if let Some(ms) = self.request_timeout_ms {
-            if ms == 0 {
-                return Err(ConfigError::Invalid(
-                    "request_timeout_ms must be positive".into(),
-                ));
-            }
-            node.transport.request_timeout = Duration::from_millis(ms);
+            node.transport.request_timeout = positive_ms("request_timeout_ms", ms)?;
+        }
+        if let Some(ms) = self.lookup_timeout_ms {
+            node.lookup_timeout = positive_ms("lookup_timeout_ms", ms)?;
         }
         if !(1..=64).contains(&node.k) {
             return Err(ConfigError::Invalid("k must be between 1 and 64".into()));
@@ -209,6 +210,14 @@ pub struct RunSettings {
     pub ctl: Option<PathBuf>,
     pub log: String,
     pub node: NodeConfig,
+}
+
+/// `ms` milliseconds, refused when zero.
+fn positive_ms(name: &str, ms: u64) -> Result<Duration, ConfigError> {
+    if ms == 0 {
+        return Err(ConfigError::Invalid(format!("{name} must be positive")));
+    }
+    Ok(Duration::from_millis(ms))
 }
 
 /// `ip:port`, `[v6]:port`, or `host:port` (resolved once, first address).
@@ -266,7 +275,8 @@ mod tests {
     #[test]
     fn flags_override_the_file() {
         let file: RunOptions = toml::from_str(
-            "listen = \"127.0.0.1:1\"\nbootstrap = [\"127.0.0.1:2\"]\nk = 8\nalpha = 2\n",
+            "listen = \"127.0.0.1:1\"\nbootstrap = [\"127.0.0.1:2\"]\nk = 8\nalpha = 2\n\
+             lookup_timeout_ms = 750\n",
         )
         .unwrap();
         let flags = RunOptions {
@@ -278,6 +288,7 @@ mod tests {
         assert_eq!(s.listen, "127.0.0.1:5".parse().unwrap());
         assert_eq!(s.bootstrap, vec!["127.0.0.1:2".parse().unwrap()]);
         assert_eq!((s.node.k, s.node.alpha), (8, 4));
+        assert_eq!(s.node.lookup_timeout, Duration::from_millis(750));
     }
 
     #[test]
@@ -295,6 +306,14 @@ mod tests {
             ..RunOptions::default()
         };
         assert!(k0.resolve().is_err());
+        let no_time = RunOptions {
+            listen: Some("127.0.0.1:0".into()),
+            lookup_timeout_ms: Some(0),
+            ..RunOptions::default()
+        };
+        assert!(
+            matches!(no_time.resolve(), Err(ConfigError::Invalid(m)) if m.contains("lookup_timeout_ms"))
+        );
         let bad_addr = RunOptions {
             listen: Some("nonsense".into()),
             ..RunOptions::default()

@@ -75,6 +75,9 @@ struct RunArgs {
     /// Timeout of one request to a peer, in milliseconds (default 2000).
     #[arg(long, value_name = "MS")]
     request_timeout_ms: Option<u64>,
+    /// Longest a lookup runs before it answers with what it found, in milliseconds (default 5000).
+    #[arg(long, value_name = "MS")]
+    lookup_timeout_ms: Option<u64>,
 }
 
 #[derive(Args)]
@@ -212,6 +215,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         ctl: args.ctl,
         log: args.log,
         request_timeout_ms: args.request_timeout_ms,
+        lookup_timeout_ms: args.lookup_timeout_ms,
     };
     let file = match &args.config {
         Some(path) => RunOptions::from_file(path)?,
