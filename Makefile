@@ -33,6 +33,7 @@ fuzz:
 	./scripts/fuzz.sh $(FUZZ_SECONDS)
 
 demo: build
+	cargo build --release --quiet -p macula_dht_node
 	@./scripts/demo.sh
 
 bench: bench-engine bench-erlang bench-cluster

@@ -1,93 +1,239 @@
-%% @doc `make demo': the service-discovery scenario on one node, as a short report.
+%% @doc `make demo': one DHT of two BEAM VMs and two Rust nodes on loopback, played as a short
+%% report.
 %%
-%% Advertises `test.calculator', discovers it, hits the discovery cache, adds a second provider
-%% (both listed), runs the local handler, removes one provider, lets a short ttl expire and
-%% prunes the cache. One PASS/FAIL line per step; the exit code says whether all passed.
+%% The nodes join; `test.calculator' is advertised from a BEAM node (with a local handler) and
+%% from a Rust node, discovered from every node and called; one provider is removed and a
+%% short-lived one expires, each seen gone everywhere; then everything is stopped. One PASS/FAIL
+%% line per step and a summary; the exit status is 1 when a step failed.
 -module(macula_demo).
 
--export([main/0]).
+-export([main/1]).
 
 -define(SERVICE, <<"test.calculator">>).
--define(DHT, macula_routing_server).
+%% The first node is the bootstrap node of the others.
+-define(NODES, [{beam, "beam-1"}, {rust, "rust-1"}, {beam, "beam-2"}, {rust, "rust-2"}]).
+-define(LONG_TTL, 300).
+-define(SHORT_TTL, 2).
+%% Bounds of the polls that wait for the cluster to converge, in milliseconds.
+-define(JOIN_WITHIN, 10000).
+-define(CONVERGE_WITHIN, 5000).
+-define(POLL_INTERVAL, 100).
 
-main() ->
-    {ok, Pid} = macula_routing_server:start_link(macula_routing_nodeid:generate(), #{k => 20, alpha => 3}),
-    unlink(Pid),
-    io:format("macula_dht demo: one node, service ~s~n~n", [?SERVICE]),
-    R0 = macula_service_registry:new(#{cache_ttl => 1}),
-    Steps = [fun advertise/1, fun discover/1, fun cache_hit/1, fun second_provider/1,
-             fun run_handler/1, fun remove_provider/1, fun ttl_expires/1, fun prune_cache/1],
-    {Passed, Failed} = run(Steps, R0, 0, 0),
-    gen_server:stop(Pid),
-    io:format("~n~b passed, ~b failed~n", [Passed, Failed]),
-    halt(case Failed of 0 -> 0; _ -> 1 end).
+%% @doc Plays the demo with the `rust-node' binary at `RustNode' and the fresh directory `Dir'
+%% for keys, sockets and logs (removed at the end), then halts.
+-spec main([string()]) -> no_return().
+main([RustNode, Dir]) ->
+    T0 = now_ms(),
+    Env = #{dir => Dir, bootstrap => [], rust_node => RustNode},
+    {Nodes, Started} = start_nodes(?NODES, Env, []),
+    header(Nodes),
+    Verdicts = case Started of
+                   ok -> [step(Title, Check) || {Title, Check} <- steps(Nodes)];
+                   {error, Why} -> [report("start", {fail, Why})]
+               end ++ [step("stop", fun() -> stop(Nodes, Dir) end)],
+    Failed = length([fail || fail <- Verdicts]),
+    Took = seconds(now_ms() - T0),
+    case Failed of
+        0 -> io:format("~nall ~b steps passed in ~s~n", [length(Verdicts), Took]);
+        _ -> io:format("~n~b of ~b steps FAILED (~s)~n", [Failed, length(Verdicts), Took])
+    end,
+    halt(min(Failed, 1)).
 
-run([], _R, Passed, Failed) ->
-    {Passed, Failed};
-run([Step | Rest], R, Passed, Failed) ->
-    try Step(R) of
-        {ok, What, R1} ->
-            io:format("  PASS  ~ts~n", [What]),
-            run(Rest, R1, Passed + 1, Failed);
-        {fail, What, Why} ->
-            io:format("  FAIL  ~ts: ~tp~n", [What, Why]),
-            run(Rest, R, Passed, Failed + 1)
-    catch Class:Reason ->
-        io:format("  FAIL  ~p: ~p:~p~n", [erlang:fun_info(Step, name), Class, Reason]),
-        run(Rest, R, Passed, Failed + 1)
+steps([Beam1, _Rust1, Beam2, Rust2] = Nodes) ->
+    [{"join", fun() -> join(Nodes) end},
+     {"advertise", fun() -> advertise([Beam1, Rust2]) end}]
+    ++ [{"discover from " ++ name(N), fun() -> discover(N, [Beam1, Rust2], Nodes) end}
+        || N <- Nodes]
+    ++ [{"call", fun() -> call(Beam2, Nodes) end},
+        {"remove", fun() -> remove(Rust2, [Beam1], Nodes) end},
+        {"expire", fun() -> expire(Beam2, [Beam1], Nodes) end}].
+
+%%====================================================================
+%% Steps: each returns {pass | fail, Facts}
+%%====================================================================
+
+join(Nodes) ->
+    Others = length(Nodes) - 1,
+    Check = fun() ->
+                    Short = [name(N) || N <- Nodes, macula_demo_node:peer_count(N) < Others],
+                    {Short =:= [], Short}
+            end,
+    case poll(Check, ?JOIN_WITHIN) of
+        {true, _, Ms} ->
+            {pass, fmt("each node knows the ~b others (~s)", [Others, seconds(Ms)])};
+        {false, Short, Ms} ->
+            {fail, fmt("after ~s, ~s know fewer than ~b others",
+                       [seconds(Ms), list(Short), Others])}
     end.
 
-provider(Name, Ttl) ->
-    {#{node_id => Name, endpoint => <<"https://", Name/binary, ".macula.test:9443">>,
-       metadata => #{version => <<"1.0">>}}, Ttl}.
-
-publish({Provider, Ttl}) ->
-    ok = macula_service_registry:publish_to_dht(?DHT, ?SERVICE, Provider, Ttl, 20).
-
-names() ->
-    {ok, Providers} = macula_service_registry:query_dht_for_service(?DHT, ?SERVICE, 20),
-    [maps:get(node_id, P) || P <- Providers].
-
-advertise(R) ->
-    Handler = fun(#{a := A, b := B}) -> A + B end,
-    R1 = macula_service_registry:advertise_local(R, ?SERVICE, Handler, #{}),
-    publish(provider(<<"node-1">>, 300)),
-    expect("advertise test.calculator from node-1", [<<"node-1">>], names(), R1).
-
-discover(R) ->
-    {cache_miss, R1} = macula_service_registry:discover_service(R, ?SERVICE),
-    {ok, Providers} = macula_service_registry:query_dht_for_service(?DHT, ?SERVICE, 20),
-    R2 = macula_service_registry:cache_service(R1, ?SERVICE, Providers, 60),
-    expect("discover it through the DHT (cache miss, then cached)", 1, length(Providers), R2).
-
-cache_hit(R) ->
-    case macula_service_registry:discover_service(R, ?SERVICE) of
-        {ok, [_], R1} -> {ok, "discover again: served from the cache", R1};
-        Other -> {fail, "discover again from the cache", Other}
+advertise(Providers) ->
+    Results = [{name(N), macula_demo_node:advertise(N, ?SERVICE, ?LONG_TTL)} || N <- Providers],
+    case [{Name, R} || {Name, R} <- Results, R =/= ok] of
+        [] -> {pass, fmt("~s from ~s, ttl ~b s", [?SERVICE, list(names(Providers)), ?LONG_TTL])};
+        Errors -> {fail, fmt("~p", [Errors])}
     end.
 
-second_provider(R) ->
-    publish(provider(<<"node-2">>, 300)),
-    expect("a second provider of the same service: both listed",
-           [<<"node-2">>, <<"node-1">>], names(), R).
+discover(Node, Providers, Nodes) ->
+    case converge([Node], Providers, Nodes, ?CONVERGE_WITHIN) of
+        {true, _, _} ->
+            {pass, fmt("~b providers (~s)", [length(Providers), list(names(Providers))])};
+        {false, Differ, Ms} ->
+            {fail, fmt("after ~s: ~s", [seconds(Ms), Differ])}
+    end.
 
-run_handler(R) ->
-    {ok, Handler} = macula_service_registry:get_local_handler(R, ?SERVICE),
-    expect("run the local handler: 42 + 8 = 50", 50, Handler(#{a => 42, b => 8}), R).
+%% A caller discovers the service and runs the handler of a BEAM provider on its VM.
+call(Caller, Nodes) ->
+    {ok, Ids} = macula_demo_node:discover(Caller, ?SERVICE),
+    case [N || #{kind := beam, id := Id} = N <- Nodes, lists:member(Id, Ids)] of
+        [Provider | _] ->
+            Sum = macula_demo_node:call(Provider, ?SERVICE, #{a => 42, b => 8}),
+            {verdict(Sum =:= 50),
+             fmt("~s discovers ~s, runs its handler on it: 42 + 8 = ~p",
+                 [name(Caller), name(Provider), Sum])};
+        [] ->
+            {fail, fmt("~s discovers no BEAM provider: ~s",
+                       [name(Caller), found(names(Ids, Nodes))])}
+    end.
 
-remove_provider(R) ->
-    ok = macula_service_registry:remove_from_dht(?DHT, ?SERVICE, <<"node-1">>),
-    expect("remove node-1: node-2 stays", [<<"node-2">>], names(), R).
+remove(Provider, Stay, Nodes) ->
+    ok = macula_demo_node:remove(Provider, ?SERVICE),
+    case converge(Nodes, Stay, Nodes, ?CONVERGE_WITHIN) of
+        {true, _, Ms} ->
+            {pass, fmt("~s withdrew; gone on all ~b nodes after ~s (~s stays)",
+                       [name(Provider), length(Nodes), seconds(Ms), list(names(Stay))])};
+        {false, Differ, Ms} ->
+            {fail, fmt("~s withdrew; after ~s: ~s", [name(Provider), seconds(Ms), Differ])}
+    end.
 
-ttl_expires(R) ->
-    publish(provider(<<"node-3">>, 1)),
-    [<<"node-3">>, <<"node-2">>] = names(),
-    timer:sleep(1200),
-    expect("node-3 advertised with ttl 1 s is gone after it", [<<"node-2">>], names(), R).
+expire(Provider, Stay, Nodes) ->
+    Published = now_ms(),
+    ok = macula_demo_node:advertise(Provider, ?SERVICE, ?SHORT_TTL),
+    What = fmt("~s published with ttl ~b s", [name(Provider), ?SHORT_TTL]),
+    case converge(Nodes, [Provider | Stay], Nodes, ?CONVERGE_WITHIN) of
+        {true, _, _} ->
+            case converge(Nodes, Stay, Nodes, ?SHORT_TTL * 1000 + ?CONVERGE_WITHIN) of
+                {true, _, _} ->
+                    {pass, fmt("~s: seen on all ~b nodes, gone on all ~s after publishing "
+                               "(~s stays)", [What, length(Nodes), seconds(now_ms() - Published),
+                                              list(names(Stay))])};
+                {false, Differ, _} ->
+                    {fail, fmt("~s: not gone ~s after publishing: ~s",
+                               [What, seconds(now_ms() - Published), Differ])}
+            end;
+        {false, Differ, Ms} ->
+            {fail, fmt("~s: not seen everywhere after ~s: ~s", [What, seconds(Ms), Differ])}
+    end.
 
-prune_cache(R) ->
-    {R1, Removed} = macula_service_registry:prune_expired(R),
-    expect("prune the discovery cache (entry older than cache_ttl 1 s)", 1, Removed, R1).
+%%====================================================================
+%% Cluster
+%%====================================================================
 
-expect(What, Expected, Expected, R) -> {ok, What, R};
-expect(What, Expected, Got, _R) -> {fail, What, {expected, Expected, got, Got}}.
+%% Starts the nodes in order, each joining through the first; stops at the first that fails.
+start_nodes([], _Env, Started) ->
+    {lists:reverse(Started), ok};
+start_nodes([{Kind, Name} | Rest], Env, Started) ->
+    try macula_demo_node:start(Kind, Name, Env) of
+        Node ->
+            #{addr := SeedAddr} = lists:last([Node | Started]),
+            start_nodes(Rest, Env#{bootstrap := [SeedAddr]}, [Node | Started])
+    catch
+        Class:Reason ->
+            {lists:reverse(Started), {error, fmt("~s: ~p:~p", [Name, Class, Reason])}}
+    end.
+
+stop(Nodes, Dir) ->
+    Errors = [{name(N), E} || N <- lists:reverse(Nodes),
+                              {error, _} = E <- [macula_demo_node:stop(N)]],
+    Removed = file:del_dir_r(Dir),
+    case {Errors, Removed} of
+        {[], ok} ->
+            {pass, fmt("~s stopped (BEAM VMs by peer:stop, Rust nodes by SIGTERM: exit 0), "
+                       "temp dir removed", [list(names(Nodes))])};
+        _ ->
+            {fail, fmt("~p, temp dir: ~p", [Errors, Removed])}
+    end.
+
+%% Polls until each of `Observers' finds exactly `Providers'; the detail lists those that do not.
+converge(Observers, Providers, Nodes, Within) ->
+    Expected = names(Providers),
+    Check = fun() ->
+                    Differ = [fmt("~s finds ~s", [name(O), found(Found)])
+                              || O <- Observers, Found <- [finds(O, Nodes)], Found =/= Expected],
+                    {Differ =:= [], lists:join("; ", Differ)}
+            end,
+    poll(Check, Within).
+
+%% Names of the providers `Observer' finds, or the error.
+finds(Observer, Nodes) ->
+    case macula_demo_node:discover(Observer, ?SERVICE) of
+        {ok, Ids} -> names(Ids, Nodes);
+        {error, _} = Error -> Error
+    end.
+
+found([]) -> "none";
+found(Names) when is_list(Names) -> list(Names);
+found(Error) -> fmt("~p", [Error]).
+
+%% Calls `Check' until it returns `{true, Detail}' or `Within' ms have passed:
+%% `{Done, LastDetail, ElapsedMs}'.
+poll(Check, Within) ->
+    T0 = now_ms(),
+    poll(Check, T0, T0 + Within).
+
+poll(Check, T0, Deadline) ->
+    {Done, Detail} = Check(),
+    Now = now_ms(),
+    case Done orelse Now >= Deadline of
+        true -> {Done, Detail, Now - T0};
+        false -> timer:sleep(?POLL_INTERVAL), poll(Check, T0, Deadline)
+    end.
+
+%%====================================================================
+%% Report
+%%====================================================================
+
+header(Nodes) ->
+    io:format("macula_dht demo: ~s on one DHT of 2 BEAM VMs and 2 Rust nodes~n~n", [?SERVICE]),
+    Seed = hd(Nodes),
+    [io:format("  ~-7s ~-5s id ~s  ~-16s ~s~n",
+               [name(N), Kind, short_id(Id), Addr, role(N, Seed)])
+     || #{kind := Kind, id := Id, addr := Addr} = N <- Nodes],
+    io:format("~n").
+
+role(Seed, Seed) -> "bootstrap node";
+role(_Node, Seed) -> "joined via " ++ name(Seed).
+
+step(Title, Check) ->
+    Result = try Check()
+             catch Class:Reason -> {fail, fmt("crashed: ~p:~p", [Class, Reason])}
+             end,
+    report(Title, Result).
+
+report(Title, {Verdict, Facts}) ->
+    io:format("  ~s  ~s: ~ts~n", [string:uppercase(atom_to_list(Verdict)), Title, Facts]),
+    Verdict.
+
+verdict(true) -> pass;
+verdict(false) -> fail.
+
+name(#{name := Name}) -> Name.
+
+names(Nodes) -> lists:sort([name(N) || N <- Nodes]).
+
+%% Node names of provider ids (an id of no demo node shows as its hex prefix).
+names(Ids, Nodes) ->
+    lists:sort([case [name(N) || #{id := NodeId} = N <- Nodes, NodeId =:= Id] of
+                    [Name] -> Name;
+                    [] -> short_id(Id)
+                end || Id <- Ids]).
+
+short_id(<<Prefix:4/binary, _/binary>>) ->
+    string:lowercase(binary_to_list(binary:encode_hex(Prefix))).
+
+list(Names) -> lists:join(", ", Names).
+
+seconds(Ms) -> fmt("~.1f s", [Ms / 1000]).
+
+fmt(Format, Args) -> lists:flatten(io_lib:format(Format, Args)).
+
+now_ms() -> erlang:monotonic_time(millisecond).
