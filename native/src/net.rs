@@ -17,7 +17,6 @@
 //! routing table as `#{node_id, address, last_seen}`, so `size/1` and `find_closest/3` see the
 //! mesh. Network tasks started from Erlang are bounded by `MAX_TASKS`.
 
-use std::collections::{HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -25,12 +24,10 @@ use std::time::Duration;
 
 use macula_dht::etf;
 use macula_dht::wire::NodeInfo;
-use macula_dht::ProviderRecord;
 use macula_dht_node::config::resolve_addr;
 use macula_dht_node::{
     Event, Host, Identity, LookupKind, LookupSummary, NodeConfig, TransportConfig,
 };
-use parking_lot::Mutex;
 use rustler::env::{OwnedEnv, SavedTerm};
 use rustler::types::tuple::make_tuple;
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, NifResult, Resource, ResourceArc, Term};
@@ -41,9 +38,6 @@ use crate::reply::{self, atoms};
 
 /// Network tasks started from Erlang (lookups, replications, removals) running at once, per node.
 const MAX_TASKS: usize = 4096;
-
-/// Records this node published with `store/3` that `delete_local/3` removes everywhere.
-const MAX_PUBLISHED: usize = 65_536;
 
 /// Longest `close/1` waits for a node's endpoint to close (it gives up its port then).
 const STOP_WAIT: Duration = Duration::from_secs(5);
@@ -76,39 +70,19 @@ pub struct Net {
     tasks: Arc<AtomicUsize>,
     /// The owner hears peer and lookup events only while this is set.
     events: Arc<AtomicBool>,
-    /// (key, node_id) of records published from here with `store/3`, oldest first.
-    published: Mutex<Published>,
-}
-
-/// A record's place: its key and its provider's `node_id`.
-type RecordId = (Box<[u8]>, Box<[u8]>);
-
-#[derive(Default)]
-struct Published {
-    set: HashSet<RecordId>,
-    order: VecDeque<RecordId>,
 }
 
 impl Net {
     /// Whether removing `node_id`'s provider under `key` goes to the whole network: the node's own
     /// provider, or one it published with `store/3`.
     pub fn removes_everywhere(&self, key: &[u8], node_id: &[u8]) -> bool {
-        node_id == self.node.id().0
-            || self
-                .published
-                .lock()
-                .set
-                .contains(&(Box::from(key), Box::from(node_id)))
+        node_id == self.node.id().0 || self.node.replicated(key, node_id)
     }
 
     /// Removes the provider here at once (leaving a tombstone) and sends REMOVE to the `k`
     /// closest nodes in the background.
     pub fn remove(&self, key: &[u8], node_id: &[u8]) {
         let sending = self.node.remove(key, node_id);
-        self.published
-            .lock()
-            .set
-            .remove(&(Box::from(key), Box::from(node_id)));
         if let Some(slot) = TaskSlot::take(&self.tasks) {
             self.runtime.spawn(async move {
                 let _slot = slot;
@@ -130,20 +104,6 @@ impl Net {
         let _ = self
             .runtime
             .block_on(async { tokio::time::timeout(STOP_WAIT, closing).await });
-    }
-
-    fn remember_published(&self, key: &[u8], node_id: &[u8]) {
-        let entry: RecordId = (key.into(), node_id.into());
-        let mut published = self.published.lock();
-        if !published.set.insert(entry.clone()) {
-            return;
-        }
-        published.order.push_back(entry);
-        while published.order.len() > MAX_PUBLISHED {
-            if let Some(oldest) = published.order.pop_front() {
-                published.set.remove(&oldest);
-            }
-        }
     }
 }
 
@@ -319,7 +279,6 @@ fn net_start<'a>(
         runtime: runtime.handle().clone(),
         tasks: Arc::new(AtomicUsize::new(0)),
         events,
-        published: Mutex::new(Published::default()),
     });
     if let Err(net) = node.attach(net) {
         net.stop();
@@ -359,9 +318,9 @@ fn net_events(node: &Node, on: bool) -> Atom {
     atoms::ok()
 }
 
-/// The providers of `key`: `{ok, Providers}` at once when this node is one of the key's replicas
-/// and holds some; otherwise `ok`, and a lookup that stops once `want` providers are known sends
-/// the caller `{macula_dht_lookup, Tag, Result}` (see `Node::providers`).
+/// The providers of `key`: `{ok, Providers}` at once when this node holds at least `want`;
+/// otherwise `ok`, and a lookup that stops once `want` providers are known sends the caller
+/// `{macula_dht_lookup, Tag, Result}` (see `Node::providers`).
 #[rustler::nif]
 fn net_find_value<'a>(
     env: Env<'a>,
@@ -376,12 +335,12 @@ fn net_find_value<'a>(
     let Some(net) = node.net() else {
         return reply::error(env, net_atoms::not_networked());
     };
-    if net.node.is_replica(key.as_slice()) {
-        match crate::read_local(env, node, key.as_slice()) {
-            Ok(Some(list)) => return (atoms::ok(), list).encode(env),
-            Ok(None) => {}
-            Err(reply) => return reply,
+    match crate::read_local(env, node, key.as_slice()) {
+        Ok(Some(list)) if list.list_length().is_ok_and(|n| n >= want) => {
+            return (atoms::ok(), list).encode(env);
         }
+        Ok(_) => {}
+        Err(reply) => return reply,
     }
     let Some(slot) = TaskSlot::take(&net.tasks) else {
         return reply::error(env, net_atoms::overloaded());
@@ -411,9 +370,6 @@ fn net_store<'a>(env: Env<'a>, node: &'a Node, key: Term<'a>, value: Term<'a>) -
         return atoms::ok().encode(env);
     };
     let etf = bytes.as_slice().to_vec();
-    if let Some(node_id) = ProviderRecord::parse(&etf).ok().and_then(|r| r.node_id()) {
-        net.remember_published(key.as_slice(), node_id);
-    }
     if let Some(slot) = TaskSlot::take(&net.tasks) {
         let key = key.as_slice().to_vec();
         let sender = net.node.clone();

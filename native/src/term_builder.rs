@@ -358,7 +358,11 @@ fn unknown_atom(env: Env, name: &[u8], utf8: bool) -> ErlNifTerm {
     let text: std::borrow::Cow<[u8]> = if utf8 {
         name.into()
     } else {
-        name.iter().map(|&b| char::from(b)).collect::<String>().into_bytes().into()
+        name.iter()
+            .map(|&b| char::from(b))
+            .collect::<String>()
+            .into_bytes()
+            .into()
     };
     Term::from(NewBinary::from_slice(env, &text)).as_c_arg()
 }

@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod ctl;
+mod holders;
 pub mod identity;
 pub mod node;
 pub mod record;

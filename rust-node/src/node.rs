@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::holders::Holders;
 use crate::identity::{id_hex, Identity};
 use crate::record::{service_key, Advertisement, Provider, RecordError};
 use crate::shared_store::SharedStore;
@@ -89,6 +90,10 @@ pub struct NodeConfig {
     pub max_adverts: usize,
     /// Tombstones kept (the one closest to its end is dropped past this).
     pub max_tombstones: usize,
+    /// Records whose copies (STORE and hand-off targets) are remembered for their removal, each
+    /// of the two kinds (the oldest is forgotten past this; its removal then reaches the
+    /// current closest nodes only).
+    pub max_replicated: usize,
     /// Unknown peers being pinged back at once before they enter the table.
     pub max_verifying: usize,
     /// Newcomers waiting for a hand-off; more are skipped (they get records on republish).
@@ -116,6 +121,7 @@ impl Default for NodeConfig {
             max_lookup_queries: 320,
             max_adverts: 1024,
             max_tombstones: 100_000,
+            max_replicated: 65_536,
             max_verifying: 64,
             handoff_queue: 64,
             max_handoff_keys: 10_000,
@@ -147,6 +153,7 @@ impl NodeConfig {
             self.max_lookup_queries,
             self.max_adverts,
             self.max_tombstones,
+            self.max_replicated,
             self.max_verifying,
             self.handoff_queue,
         ];
@@ -294,6 +301,8 @@ impl Node {
             store,
             events: host.events,
             tombstones: Mutex::new(Tombstones::new(config.max_tombstones)),
+            holders: Mutex::new(Holders::new(config.max_replicated, 2 * config.k)),
+            handed_off: Mutex::new(Holders::new(config.max_replicated, 2 * config.k)),
             adverts: Mutex::new(HashMap::new()),
             seeds: Mutex::new(Vec::new()),
             verifying: Mutex::new(HashSet::new()),
@@ -400,14 +409,17 @@ impl Node {
         self.providers(&service_key(service), want).await
     }
 
-    /// Providers of `key`: the local ones when this node holds them as one of the key's
-    /// replicas ([`Node::is_replica`]) or holds at least `want` (at least 1); otherwise an
-    /// iterative FIND_VALUE lookup that returns as soon as `want` distinct providers are known,
-    /// with the local ones first. Empty when none is found anywhere.
+    /// Providers of `key`: the local ones if there are at least `want` (at least 1); otherwise
+    /// an iterative FIND_VALUE lookup that returns as soon as `want` distinct providers are
+    /// known, with the local ones first. Empty when none is found anywhere.
+    ///
+    /// Holding some providers is not enough to answer alone, even for a node that believes it
+    /// is one of the key's `k` closest: its table may lack closer nodes, and other providers'
+    /// STOREs may have gone to them.
     pub async fn providers(&self, key: &[u8], want: usize) -> Result<Vec<Provider>, NodeError> {
         let want = want.max(1);
         let mut found = self.local_providers(key);
-        if found.len() >= want || (!found.is_empty() && self.is_replica(key)) {
+        if found.len() >= want {
             return Ok(found);
         }
         let report = self.find_providers(key, Some(want)).await?;
@@ -439,9 +451,18 @@ impl Node {
     }
 
     /// Sends a record this node holds under `key` (versioned ETF) to the `k` closest nodes of
-    /// `key` (STORE). Nobody republishes it: the caller does, as Macula's advertisers do.
-    pub async fn replicate(&self, key: &[u8], etf: &[u8]) -> Result<Published, NodeError> {
-        self.shared.replicate_record(key, etf).await
+    /// `key` (STORE). Nobody republishes it: the caller does, as Macula's advertisers do. From
+    /// the call on, [`Node::replicated`] knows the record, so a removal right after it still
+    /// goes to the network.
+    pub fn replicate(
+        &self,
+        key: &[u8],
+        etf: &[u8],
+    ) -> impl std::future::Future<Output = Result<Published, NodeError>> + Send + 'static {
+        let shared = self.shared.clone();
+        let (key, etf) = (key.to_vec(), etf.to_vec());
+        let record = shared.begin_replication(&key, &etf);
+        async move { shared.replicate_record(&key, &etf, record?).await }
     }
 
     /// Removes `node_id`'s provider under `key` here at once (leaving a tombstone); the returned
@@ -458,20 +479,10 @@ impl Node {
         async move { shared.send_remove(&key, &node_id).await }
     }
 
-    /// Whether this node is one of the `k` closest it knows to `key`: the nodes every STORE and
-    /// REMOVE of the key is sent to, so its store answers for the key. A node that only holds
-    /// its own record of a key (it published it) is not, and must ask the network.
-    pub fn is_replica(&self, key: &[u8]) -> bool {
-        let target = NodeId::normalize(key);
-        let own = self.shared.id.distance(&target);
-        let k = self.shared.config.k;
-        let table = self.shared.table.lock();
-        let closer = table
-            .closest(&target, k)
-            .into_iter()
-            .take_while(|(id, _)| id.distance(&target) < own)
-            .count();
-        closer < k
+    /// Whether this node sent a STORE of `node_id`'s provider under `key` (and has not removed
+    /// it since): its removal then goes to every node that took a copy.
+    pub fn replicated(&self, key: &[u8], node_id: &[u8]) -> bool {
+        self.shared.holders.lock().contains(key, node_id)
     }
 
     /// The live providers this node holds under `key`.
@@ -574,6 +585,10 @@ struct Shared {
     store: Arc<SharedStore>,
     events: Option<EventSink>,
     tombstones: Mutex<Tombstones>,
+    /// Where this node's STOREs of records it published went, for their removal.
+    holders: Mutex<Holders>,
+    /// Where this node's hand-offs went, for passing a removal on.
+    handed_off: Mutex<Holders>,
     /// Services this node advertises or advertised, by name (at most `max_adverts`).
     adverts: Mutex<HashMap<String, AdvertSlot>>,
     /// Bootstrap addresses, for re-joining (at most `MAX_SEEDS`).

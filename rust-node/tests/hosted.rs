@@ -47,6 +47,33 @@ async fn hosted(config: NodeConfig, store: Arc<SharedStore>) -> (Node, Arc<Mutex
     (node, events)
 }
 
+/// Replication to the 2 closest only, so that which nodes are the closest matters.
+fn narrow_config() -> NodeConfig {
+    NodeConfig {
+        k: 2,
+        ..fast_config()
+    }
+}
+
+/// The nodes other than `publisher` that hold a record under `key`.
+fn holders_of<'a>(net: &'a Testnet, publisher: &Node, key: &[u8]) -> Vec<&'a Node> {
+    net.nodes()
+        .iter()
+        .filter(|n| n.id() != publisher.id() && !n.local_providers(key).is_empty())
+        .collect()
+}
+
+/// A new node whose id is closer to `key` than every node of `than`.
+async fn closer_newcomer(key: &[u8], than: &[&Node], config: NodeConfig) -> Node {
+    let target = macula_dht::NodeId::normalize(key);
+    let farthest = than.iter().map(|n| n.id().distance(&target)).max().unwrap();
+    let identity = std::iter::repeat_with(|| Identity::generate().unwrap())
+        .take(10_000)
+        .find(|i| i.id().distance(&target) < farthest)
+        .expect("a closer id within 10 000 draws");
+    Node::start(&identity, loopback(), config).await.unwrap()
+}
+
 fn count(events: &Mutex<Vec<Event>>, pick: impl Fn(&Event) -> bool) -> usize {
     events.lock().unwrap().iter().filter(|e| pick(e)).count()
 }
@@ -199,37 +226,125 @@ async fn a_lookup_through_a_silent_peer_ends_at_its_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_local_store_answers_only_on_a_replica() {
-    let config = NodeConfig {
-        k: 2,
-        ..fast_config()
-    };
-    let net = Testnet::start(8, config.clone()).await.unwrap();
+async fn holding_fewer_providers_than_wanted_asks_the_network() {
+    let config = narrow_config();
+    let net = Testnet::start(8, config).await.unwrap();
     let key = b"a key".to_vec();
     let target = macula_dht::NodeId::normalize(&key);
     let mut by_distance: Vec<&Node> = net.nodes().iter().collect();
     by_distance.sort_by_key(|n| n.id().distance(&target));
     let (nearest, farthest) = (by_distance[0], by_distance[7]);
+
+    // The farthest publishes its own record and keeps it; a second provider's STORE goes to
+    // the key's 2 closest only.
+    let own = record(&farthest.id().0, "https://far:1");
+    let sending = farthest.replicate(&key, &own);
+    assert!(
+        farthest.replicated(&key, &farthest.id().0),
+        "known from the call on"
+    );
+    sending.await.unwrap();
+    nearest
+        .replicate(&key, &record(b"other", "https://other:1"))
+        .await
+        .unwrap();
+    let endpoints = |found: Vec<macula_dht_node::Provider>| {
+        let mut e: Vec<String> = found.into_iter().filter_map(|p| p.endpoint).collect();
+        e.sort();
+        e
+    };
+    assert_eq!(
+        endpoints(farthest.providers(&key, 20).await.unwrap()),
+        ["https://far:1", "https://other:1"]
+    );
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_reaches_copies_outside_the_current_closest() {
+    let config = narrow_config();
+    let mut net = Testnet::start(6, config.clone()).await.unwrap();
+    let key = b"moving key".to_vec();
+    let publisher = net.node(0).unwrap();
+    let etf = record(&publisher.id().0, "https://pub:1");
+    publisher.replicate(&key, &etf).await.unwrap();
+    let holders = holders_of(&net, publisher, &key);
+    assert_eq!(holders.len(), 2);
+
+    // A newcomer closer to the key than both holders: the current 2 closest are no longer the
+    // nodes the STORE reached.
+    let newcomer = closer_newcomer(&key, &holders, config).await;
+    newcomer.bootstrap(&[net.bootstrap_addr()]).await.unwrap();
+    let publisher = net.node(0).unwrap();
+    publisher.find_node(newcomer.id()).await.unwrap();
+
+    publisher.remove(&key, &publisher.id().0).await.unwrap();
+    for node in net.nodes().iter().chain([&newcomer]) {
+        assert!(
+            node.local_providers(&key).is_empty(),
+            "{:?} still holds the removed record",
+            node.id()
+        );
+    }
+    newcomer.shutdown().await;
+    net.stop(0).await;
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_follows_the_copies_a_replica_handed_off() {
+    let config = narrow_config();
+    let net = Testnet::start(4, config.clone()).await.unwrap();
+    let key = b"handed key".to_vec();
+    let publisher = net.node(0).unwrap();
+    let provider_id = publisher.id().0;
+    publisher
+        .replicate(&key, &record(&provider_id, "https://pub:1"))
+        .await
+        .unwrap();
+    let holders = holders_of(&net, publisher, &key);
+    assert_eq!(holders.len(), 2);
+
+    // A newcomer closer to the key than both holders joins through one of them, which hands
+    // it the record.
+    let newcomer = closer_newcomer(&key, &holders, config).await;
+    newcomer
+        .bootstrap(&[holders[0].local_addr()])
+        .await
+        .unwrap();
     assert!(
         eventually(WITHIN, || async {
-            farthest.peers().len() >= 2 && nearest.peers().len() >= 2
+            !newcomer.local_providers(&key).is_empty()
         })
         .await
     );
-    // The farthest node may know fewer nodes than there are, but not that it is a replica:
-    // every other node is closer.
-    assert!(!farthest.is_replica(&key));
-    assert!(nearest.is_replica(&key));
 
-    // The farthest publishes its own record; the replicas (the 2 nearest) get it, and a second
-    // provider only reaches them. The farthest's `providers` asks the network and finds both.
-    let own = record(&farthest.id().0, "https://far:1");
-    farthest.replicate(&key, &own).await.unwrap();
-    let other = record(b"other", "https://other:1");
-    nearest.replicate(&key, &other).await.unwrap();
-    let found = farthest.providers(&key, 20).await.unwrap();
-    let mut endpoints: Vec<String> = found.into_iter().filter_map(|p| p.endpoint).collect();
-    endpoints.sort();
-    assert_eq!(endpoints, ["https://far:1", "https://other:1"]);
+    // REMOVE reaches the holders only (from a client, not the publisher); they pass it on.
+    let client = macula_dht_node::Endpoint::bind(
+        loopback(),
+        &Identity::generate().unwrap(),
+        TransportConfig::default(),
+    )
+    .unwrap();
+    let remove = macula_dht::wire::Request::Remove {
+        key: key.clone(),
+        node_id: provider_id.to_vec(),
+    };
+    for holder in &holders {
+        client
+            .request(holder.local_addr(), Some(holder.id()), remove.encode())
+            .await
+            .unwrap();
+        assert!(holder.local_providers(&key).is_empty());
+    }
+    assert!(
+        eventually(WITHIN, || async {
+            newcomer.local_providers(&key).is_empty()
+        })
+        .await,
+        "the newcomer's handed-off copy is removed too"
+    );
+    client.close().await;
+    newcomer.shutdown().await;
     net.shutdown().await;
 }

@@ -2,7 +2,8 @@
 //!
 //! The architecture forbids an inbound request from starting a lookup: a node answers with what
 //! it holds (its table, its store) and nothing else, so answering is synchronous, short, and
-//! holds each lock only for the copy it needs. A frame that does not decode gets an `error`
+//! holds each lock only for the copy it needs. The one request that goes further is REMOVE: it
+//! is passed on, in the background, to the nodes this node handed the record to (no lookup). A frame that does not decode gets an `error`
 //! reply with the decoder's reason and the node goes on serving; the sender does not enter the
 //! table.
 
@@ -61,7 +62,7 @@ impl Shared {
             },
             Request::FindValue { key } => self.find_value(&key),
             Request::Store { key, value } => self.accept_store(&key, &value),
-            Request::Remove { key, node_id } => self.accept_remove(&key, &node_id),
+            Request::Remove { key, node_id } => self.accept_remove(peer, &key, &node_id),
         };
         response.encode()
     }
@@ -119,9 +120,11 @@ impl Shared {
     }
 
     /// A REMOVE: the provider goes, and a tombstone stays for as long as the record could have
-    /// lived (its own ttl if we held it, else the longest ttl the store applies).
-    fn accept_remove(&self, key: &[u8], node_id: &[u8]) -> Response {
+    /// lived (its own ttl if we held it, else the longest ttl the store applies). The removal
+    /// follows the copies this node made (hand-offs): sent on to them, not looked up.
+    fn accept_remove(self: &Arc<Self>, peer: Peer, key: &[u8], node_id: &[u8]) -> Response {
         self.remove_with_tombstone(key, node_id);
+        self.forward_remove(key, node_id, Some(peer.id));
         Response::Removed
     }
 

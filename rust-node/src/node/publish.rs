@@ -14,7 +14,9 @@ use tokio::task::JoinSet;
 
 use super::{AdvertSlot, NodeError, Published, Shared};
 use crate::identity::id_hex;
-use crate::record::{hex, service_key, unix_now, Advertisement, Provider, RecordError};
+use crate::record::{
+    advertised_at, hex, service_key, unix_now, Advertisement, Provider, RecordError,
+};
 
 /// Keys checked per table lock during a hand-off, so inbound requests are not held up.
 const HANDOFF_CHUNK: usize = 256;
@@ -110,7 +112,8 @@ impl Shared {
         let now = self.now_ms();
         self.store
             .write(&key, |store| store.upsert(&key, &etf, now))?;
-        let published = self.replicate_record(&key, &etf).await?;
+        let node_id = self.begin_replication(&key, &etf)?;
+        let published = self.replicate_record(&key, &etf, node_id).await?;
         tracing::info!(
             service,
             acked = published.acked,
@@ -120,26 +123,44 @@ impl Shared {
         Ok(published)
     }
 
-    /// Sends a record held under `key` (versioned ETF) to the `k` closest nodes. Its provider's
-    /// tombstone here goes: this is a newer advertisement.
+    /// What starts a replication at once: the record's provider id is read, its tombstone here
+    /// goes (this is a newer advertisement) and it is noted among the replicated records.
+    pub(super) fn begin_replication(
+        &self,
+        key: &[u8],
+        etf: &[u8],
+    ) -> Result<Option<Vec<u8>>, NodeError> {
+        let record = ProviderRecord::parse(etf).map_err(|e| NodeError::Store(e.into()))?;
+        let node_id = record.node_id().map(<[u8]>::to_vec);
+        if let Some(node_id) = &node_id {
+            self.tombstones.lock().clear(key, node_id);
+            self.holders.lock().add(key, node_id, &[]);
+        }
+        Ok(node_id)
+    }
+
+    /// Sends a record held under `key` (versioned ETF, its provider `node_id` as
+    /// `begin_replication` read it) to the `k` closest nodes, and notes which took it.
     pub(super) async fn replicate_record(
         self: &Arc<Self>,
         key: &[u8],
         etf: &[u8],
+        node_id: Option<Vec<u8>>,
     ) -> Result<Published, NodeError> {
-        let record = ProviderRecord::parse(etf).map_err(|e| NodeError::Store(e.into()))?;
-        if let Some(node_id) = record.node_id() {
-            self.tombstones.lock().clear(key, node_id);
-        }
         let request = Request::Store {
             key: key.to_vec(),
             // The wire carries the term without the version byte.
             value: etf[1..].to_vec(),
         };
-        self.replicate(key, request).await
+        let (published, acked) = self.replicate(key, request, Vec::new()).await?;
+        if let Some(node_id) = node_id {
+            self.holders.lock().add(key, &node_id, &acked);
+        }
+        Ok(published)
     }
 
-    /// Sends REMOVE of `node_id`'s provider under `key` to the `k` closest nodes.
+    /// Sends REMOVE of `node_id`'s provider under `key` to the `k` closest nodes, and to every
+    /// node this node's STOREs of it reached.
     pub(super) async fn send_remove(
         self: &Arc<Self>,
         key: &[u8],
@@ -149,39 +170,54 @@ impl Shared {
             key: key.to_vec(),
             node_id: node_id.to_vec(),
         };
-        self.replicate(key, request).await
+        let mut copies = self.holders.lock().take(key, node_id);
+        copies.extend(self.handed_off.lock().take(key, node_id));
+        let (published, _) = self.replicate(key, request, copies).await?;
+        Ok(published)
     }
 
-    /// Looks up the `k` closest nodes to `key` and sends each `request` (STORE or REMOVE).
+    /// Looks up the `k` closest nodes to `key` and sends `request` (STORE or REMOVE) to them and
+    /// to `also`. Returns what it reached and the nodes that acknowledged.
     async fn replicate(
         self: &Arc<Self>,
         key: &[u8],
         request: Request,
-    ) -> Result<Published, NodeError> {
+        also: Vec<NodeInfo>,
+    ) -> Result<(Published, Vec<NodeInfo>), NodeError> {
         let target = NodeId::normalize(key);
         let found = self
             .lookup(target, Request::FindNode { target }, None)
             .await?;
+        let mut targets = found.closest;
+        for node in also {
+            if node.id != self.id && !targets.iter().any(|t| t.id == node.id) {
+                targets.push(node);
+            }
+        }
         let request = Arc::new(request);
-        // At most `k` requests, each bounded by the request timeout.
+        // At most `k` plus `Holders`' bound requests, each bounded by the request timeout.
         let mut sends = JoinSet::new();
-        for node in &found.closest {
+        for node in &targets {
             let shared = self.clone();
             let request = request.clone();
             let node = *node;
-            sends.spawn(async move { shared.rpc(node.addr, Some(node.id), &request).await });
+            sends.spawn(async move {
+                let sent = shared.rpc(node.addr, Some(node.id), &request).await;
+                (node, sent)
+            });
         }
-        let mut acked = 0;
+        let mut acked = Vec::new();
         while let Some(sent) = sends.join_next().await {
-            if let Ok(Ok((_, Response::Stored | Response::Removed))) = sent {
-                acked += 1;
+            if let Ok((node, Ok((_, Response::Stored | Response::Removed)))) = sent {
+                acked.push(node);
             }
         }
-        Ok(Published {
+        let published = Published {
             key: hex(key),
-            targets: found.closest.len(),
-            acked,
-        })
+            targets: targets.len(),
+            acked: acked.len(),
+        };
+        Ok((published, acked))
     }
 
     /// The lock of `service`'s slot, creating the slot if needed (within `max_adverts`; slots of
@@ -257,6 +293,11 @@ impl Shared {
                     .collect()
             };
             for value in records {
+                let node_id = Provider::parse(&value)
+                    .ok()
+                    .map(|p| p.node_id)
+                    .filter(|id| !id.is_empty());
+                let stamp = advertised_at(&value);
                 let request = Request::Store {
                     key: key.clone(),
                     value,
@@ -266,10 +307,64 @@ impl Shared {
                     return;
                 }
                 sent += 1;
+                if let Some(node_id) = node_id {
+                    self.note_handed_off(key, &node_id, stamp, peer).await;
+                }
             }
         }
         if sent > 0 {
             tracing::debug!(peer = %id_hex(&peer.id), records = sent, "handed off");
+        }
+    }
+}
+
+impl Shared {
+    /// Remembers that `peer` took a copy of the record, so that its removal follows; if the
+    /// record was removed here while the copy was on its way, the removal follows at once.
+    async fn note_handed_off(
+        self: &Arc<Self>,
+        key: &[u8],
+        node_id: &[u8],
+        advertised_at: Option<u64>,
+        peer: NodeInfo,
+    ) {
+        self.handed_off.lock().add(key, node_id, &[peer]);
+        let removed = self
+            .tombstones
+            .lock()
+            .blocks(key, node_id, advertised_at, self.now_ms());
+        if removed {
+            self.forward_remove(key, node_id, None);
+        }
+    }
+
+    /// Sends REMOVE of the record to the nodes this node gave a copy (by STORE or hand-off),
+    /// except `from`, in the background; each forgets them here, and forwards it to those it
+    /// gave copies in turn. Bounded: the copies noted are.
+    pub(super) fn forward_remove(
+        self: &Arc<Self>,
+        key: &[u8],
+        node_id: &[u8],
+        from: Option<NodeId>,
+    ) {
+        let mut copies = self.handed_off.lock().take(key, node_id);
+        copies.extend(self.holders.lock().take(key, node_id));
+        copies.retain(|n| Some(n.id) != from && n.id != self.id);
+        copies.sort_by_key(|n| n.id);
+        copies.dedup_by_key(|n| n.id);
+        if copies.is_empty() {
+            return;
+        }
+        let request = Arc::new(Request::Remove {
+            key: key.to_vec(),
+            node_id: node_id.to_vec(),
+        });
+        for node in copies {
+            let shared = self.clone();
+            let request = request.clone();
+            tokio::spawn(async move {
+                let _ = shared.rpc(node.addr, Some(node.id), &request).await;
+            });
         }
     }
 }
