@@ -1,0 +1,325 @@
+%% @doc A mixed cluster on loopback: BEAM nodes and Rust nodes form one DHT and share one
+%% provider store.
+%%
+%% Each case starts its own cluster of 6 OS processes: 3 BEAM VMs (each an `erl' peer without a
+%% shell, running `macula_routing_server' in network mode) and 3 `rust-node run' processes, each
+%% joining through the nodes started before it (the kinds alternate, so BEAM nodes join through
+%% Rust nodes and the other way round). `end_per_testcase' stops them all, pass or fail.
+%% Services are advertised and discovered on both kinds, and every node must see the same
+%% providers.
+-module(macula_cluster_SUITE).
+
+-export([all/0, suite/0, init_per_suite/1, end_per_suite/1,
+         init_per_testcase/2, end_per_testcase/2]).
+-export([services_cross_between_kinds/1,
+         mixed_providers_of_one_service/1,
+         removal_reaches_every_node/1,
+         expiry_reaches_every_node/1,
+         kill9_loses_nothing_of_the_survivors/1]).
+
+-import(macula_cluster_harness, [beam_call/4, ctl/2, ids/1]).
+
+%% Replication width of every node, BEAM and Rust. With 6 nodes, k = 3 keeps a record on its
+%% advertiser and the 3 other nodes closest to its key, so the other nodes must find it by a
+%% lookup, and killing 2 nodes can take 2 of its 3 replicas.
+-define(K, 3).
+%% "Within this long every node sees it".
+-define(WAIT_MS, 10000).
+%% Seconds a record lives in the expiry case; short, but long enough to be seen everywhere first.
+-define(SHORT_TTL, 3).
+-define(TTL, 300).
+
+all() ->
+    [services_cross_between_kinds,
+     mixed_providers_of_one_service,
+     removal_reaches_every_node,
+     expiry_reaches_every_node,
+     kill9_loses_nothing_of_the_survivors].
+
+suite() ->
+    [{timetrap, {minutes, 2}}].
+
+init_per_suite(Config) ->
+    macula_cluster_harness:check_binary(Config).
+
+end_per_suite(_Config) ->
+    macula_cluster_harness:stop_leftover().
+
+%% CT runs no end_per_testcase after a failed init_per_testcase: the cluster is stopped here.
+init_per_testcase(_Case, Config) ->
+    Harness = macula_cluster_harness:start(),
+    try
+        [{harness, Harness}, {nodes, start_cluster(Harness)} | Config]
+    catch
+        Class:Reason:Stack ->
+            macula_cluster_harness:stop_all(Harness),
+            erlang:raise(Class, Reason, Stack)
+    end.
+
+end_per_testcase(_Case, Config) ->
+    macula_cluster_harness:stop_all(proplists:get_value(harness, Config)).
+
+%%--------------------------------------------------------------------------------------------
+%% Cases
+%%--------------------------------------------------------------------------------------------
+
+%% A service advertised from a BEAM node is discovered from every node, Rust nodes included,
+%% and one advertised from a Rust node is discovered from every node, BEAM nodes included.
+services_cross_between_kinds(Config) ->
+    [B1, R1 | _] = Nodes = cluster(Config),
+    advertise(B1, <<"cross.from-beam">>, ?TTL),
+    advertise(R1, <<"cross.from-rust">>, ?TTL),
+    everywhere(Nodes, <<"cross.from-beam">>, [B1]),
+    everywhere(Nodes, <<"cross.from-rust">>, [R1]).
+
+%% A BEAM provider and a Rust provider of one service: every node returns both.
+mixed_providers_of_one_service(Config) ->
+    [_, _, B2, R2 | _] = Nodes = cluster(Config),
+    advertise(B2, <<"mixed">>, ?TTL),
+    advertise(R2, <<"mixed">>, ?TTL),
+    everywhere(Nodes, <<"mixed">>, [B2, R2]).
+
+%% A withdrawal (BEAM: `remove_from_dht' with the node's own id; Rust: `ctl remove') reaches
+%% every node, while the other provider of the same service stays.
+removal_reaches_every_node(Config) ->
+    [B1, R1, B2, R2 | _] = Nodes = cluster(Config),
+    advertise(B1, <<"removal.beam">>, ?TTL),
+    advertise(B2, <<"removal.beam">>, ?TTL),
+    advertise(R1, <<"removal.rust">>, ?TTL),
+    advertise(R2, <<"removal.rust">>, ?TTL),
+    everywhere(Nodes, <<"removal.beam">>, [B1, B2]),
+    everywhere(Nodes, <<"removal.rust">>, [R1, R2]),
+    remove(B1, <<"removal.beam">>),
+    remove(R1, <<"removal.rust">>),
+    everywhere(Nodes, <<"removal.beam">>, [B2]),
+    everywhere(Nodes, <<"removal.rust">>, [R2]).
+
+%% Records published once with a short ttl (BEAM: `publish_to_dht' with ttl 3; Rust:
+%% `ctl advertise --once --ttl 3') are first seen, then gone, everywhere.
+expiry_reaches_every_node(Config) ->
+    [_, _, B2, R2 | _] = Nodes = cluster(Config),
+    Published = erlang:monotonic_time(millisecond),
+    advertise(B2, <<"expiry.beam">>, ?SHORT_TTL),
+    advertise_once(R2, <<"expiry.rust">>, ?SHORT_TTL),
+    %% Seen by every node before the ttl runs out, so the expiry below is not vacuous.
+    SeenBy = Published + timer:seconds(?SHORT_TTL) - 500,
+    everywhere(Nodes, <<"expiry.beam">>, [B2], SeenBy - erlang:monotonic_time(millisecond)),
+    everywhere(Nodes, <<"expiry.rust">>, [R2], SeenBy - erlang:monotonic_time(millisecond)),
+    everywhere(Nodes, <<"expiry.beam">>, [], ?WAIT_MS),
+    everywhere(Nodes, <<"expiry.rust">>, [], ?WAIT_MS).
+
+%% Each of the 4 survivors advertises a service, named so that the victims are among its
+%% replicas where the ids allow it (so it loses replicas; the victims are checked to hold them).
+%% After `kill -9' of one BEAM VM and one Rust node (by OS pid), every survivor still discovers
+%% every survivor's service.
+kill9_loses_nothing_of_the_survivors(Config) ->
+    [B1, R1, B2, R2, B3, R3] = Nodes = cluster(Config),
+    Victims = [B3, R3],
+    Survivors = [B1, R1, B2, R2],
+    Services = [{Node, service_held_by(Node, Victims, Nodes)} || Node <- Survivors],
+    ct:log("services of the survivors, and their replicas: ~p",
+           [[{name(N), S, [name(H) || H <- replicas(N, S, Nodes)]} || {N, S} <- Services]]),
+    _ = [advertise(Node, Service, ?TTL) || {Node, Service} <- Services],
+    _ = [everywhere(Nodes, Service, [Node]) || {Node, Service} <- Services],
+    _ = [held_by_victim(Victim, [S || {N, S} <- Services,
+                                      lists:member(Victim, replicas(N, S, Nodes))])
+         || Victim <- Victims],
+    _ = [macula_cluster_harness:signal(Victim, "KILL") || Victim <- Victims],
+    wait_for(victims_gone,
+             fun() -> [name(V) || V <- Victims, macula_cluster_harness:is_os_process_alive(V)] end,
+             []),
+    _ = [everywhere(Survivors, Service, [Node]) || {Node, Service} <- Services],
+    ok.
+
+%%--------------------------------------------------------------------------------------------
+%% The cluster
+%%--------------------------------------------------------------------------------------------
+
+%% b1, r1, b2, r2, b3, r3, each joining through the node started just before it, as nodes
+%% started one after another by hand would: routing tables start partial and fill in as lookups
+%% meet peers. Ready once every node has joined (knows at least one peer).
+start_cluster(Harness) ->
+    Names = ["b1", "r1", "b2", "r2", "b3", "r3"],
+    Nodes = lists:foldl(fun(Name, Started) -> Started ++ [start_node(Harness, Name, Started)] end,
+                        [], Names),
+    ct:log("cluster: ~p", [[{name(N), maps:get(addr, N), binary:encode_hex(maps:get(id, N))}
+                            || N <- Nodes]]),
+    macula_cluster_harness:wait_each(
+      cluster_joined,
+      fun(Node) ->
+              case peer_count(Node) of
+                  0 -> {wait, no_peers};
+                  Count -> {ok, Count}
+              end
+      end, Nodes, ?WAIT_MS),
+    Nodes.
+
+start_node(Harness, [$b | _] = Name, Started) ->
+    Bootstrap = [binary_to_list(Addr) || #{addr := Addr} <- previous(Started)],
+    macula_cluster_harness:start_beam(Harness, Name, #{k => ?K, bootstrap => Bootstrap});
+start_node(Harness, [$r | _] = Name, Started) ->
+    Bootstrap = lists:append([["--bootstrap", binary_to_list(Addr)] || #{addr := Addr} <- previous(Started)]),
+    macula_cluster_harness:start_rust(Harness, Name, ["--k", integer_to_list(?K) | Bootstrap]).
+
+%% The node started last, the one the next node joins through.
+previous([]) -> [];
+previous(Started) -> [lists:last(Started)].
+
+cluster(Config) ->
+    proplists:get_value(nodes, Config).
+
+name(#{name := Name}) ->
+    Name.
+
+peer_count(#{kind := beam} = Node) ->
+    length(beam_call(Node, macula_routing_server, peers, [macula_routing_server]));
+peer_count(#{kind := rust} = Node) ->
+    status_integer(Node, <<"peers">>).
+
+%% A count in a Rust node's `ctl status --json'.
+status_integer(Node, Field) ->
+    {0, Json} = ctl(Node, ["status", "--json"]),
+    {match, [Count]} = re:run(Json, <<"\"", Field/binary, "\":([0-9]+)">>,
+                              [{capture, all_but_first, list}]),
+    list_to_integer(Count).
+
+%% Waits until `Observe()' returns `Expected'.
+wait_for(What, Observe, Expected) ->
+    macula_cluster_harness:wait_until(
+      What,
+      fun() ->
+              case Observe() of
+                  Expected -> {ok, Expected};
+                  Other -> {wait, Other}
+              end
+      end, ?WAIT_MS).
+
+%%--------------------------------------------------------------------------------------------
+%% Advertising and discovery on either kind of node
+%%--------------------------------------------------------------------------------------------
+
+advertise(#{kind := beam, id := Id} = Node, Service, Ttl) ->
+    Provider = #{node_id => Id, endpoint => endpoint(Node)},
+    ok = beam_call(Node, macula_service_registry, publish_to_dht,
+                   [macula_routing_server, Service, Provider, Ttl, ?K]);
+advertise(#{kind := rust} = Node, Service, Ttl) ->
+    ctl_ok(Node, ["advertise", Service, endpoint(Node), "--ttl", integer_to_list(Ttl)]).
+
+%% Published once, never refreshed.
+advertise_once(#{kind := rust} = Node, Service, Ttl) ->
+    ctl_ok(Node, ["advertise", Service, endpoint(Node), "--ttl", integer_to_list(Ttl), "--once"]).
+
+remove(#{kind := beam, id := Id} = Node, Service) ->
+    ok = beam_call(Node, macula_service_registry, remove_from_dht,
+                   [macula_routing_server, Service, Id]);
+remove(#{kind := rust} = Node, Service) ->
+    ctl_ok(Node, ["remove", Service]).
+
+endpoint(#{name := Name}) ->
+    "https://" ++ Name ++ ".test:443".
+
+ctl_ok(Node, Args) ->
+    {0, Output} = ctl(Node, [to_list(A) || A <- Args]),
+    ct:log("~ts: ~ts", [name(Node), Output]).
+
+%% The sorted node ids of the providers of `Service' that `Node' finds, looking for `Want'.
+discover(#{kind := beam} = Node, Service, Want) ->
+    {ok, Providers} = beam_call(Node, macula_service_registry, query_dht_for_service,
+                                [macula_routing_server, Service, Want]),
+    lists:sort([Id || #{node_id := Id} <- Providers]);
+discover(#{kind := rust} = Node, Service, Want) ->
+    Args = ["discover", binary_to_list(Service), "--want", integer_to_list(Want), "--json"],
+    case ctl(Node, Args) of
+        {0, Json} ->
+            {match, Hex} = re:run(Json, <<"\"node_id\":\"([0-9a-f]{64})\"">>,
+                                  [global, {capture, all_but_first, binary}]),
+            lists:sort([binary:decode_hex(H) || [H] <- Hex]);
+        {1, Output} ->
+            %% Exit 1 also reports failures; only "no provider" means an empty answer.
+            {match, _} = re:run(Output, <<"no provider of">>),
+            []
+    end.
+
+%% Within `Timeout' ms, every node in `Nodes' finds exactly the providers `Providers' of `Service'.
+everywhere(Nodes, Service, Providers) ->
+    everywhere(Nodes, Service, Providers, ?WAIT_MS).
+
+everywhere(Nodes, Service, Providers, Timeout) ->
+    Expected = lists:sort(ids(Providers)),
+    Want = max(1, length(Expected)),
+    Check = fun(Node) ->
+                    case discover(Node, Service, Want) of
+                        Expected -> {ok, Expected};
+                        Found -> {wait, {found, [hex_prefix(Id) || Id <- Found]}}
+                    end
+            end,
+    try
+        macula_cluster_harness:wait_each({Service, [name(P) || P <- Providers]}, Check, Nodes,
+                                         Timeout)
+    catch
+        exit:{test_case_failed, _} = Failure:Stack ->
+            log_placement(Nodes, Service),
+            erlang:raise(exit, Failure, Stack)
+    end,
+    ok.
+
+%% Where the records of `Service' are, for the log of a failed wait: the ids, the nodes by
+%% distance to the key, what each BEAM node holds and how many keys each Rust node holds.
+log_placement(Nodes, Service) ->
+    Key = macula_service_registry:service_key(Service),
+    Held = [{name(N), case N of
+                          #{kind := beam} ->
+                              case beam_call(N, macula_routing_server, get_local,
+                                             [macula_routing_server, Key]) of
+                                  {ok, Providers} ->
+                                      [hex_prefix(Id) || #{node_id := Id} <- Providers];
+                                  Other -> Other
+                              end;
+                          #{kind := rust} ->
+                              {keys, status_integer(N, <<"keys">>)}
+                      end}
+            || N <- Nodes],
+    ct:log("placement of ~ts: ids ~p, nodes closest first ~p, held ~p",
+           [Service, [{name(N), hex_prefix(Id)} || #{id := Id} = N <- Nodes],
+            [name(N) || N <- closest(Key, Nodes, length(Nodes))], Held]).
+
+hex_prefix(Id) ->
+    binary_to_list(binary:part(binary:encode_hex(Id), 0, 8)).
+
+%%--------------------------------------------------------------------------------------------
+%% Replica placement
+%%--------------------------------------------------------------------------------------------
+
+%% Of the names `kill9.<advertiser>.<N>' (N < 200), the first with the most victims among its
+%% replicas.
+service_held_by(Advertiser, Victims, Nodes) ->
+    Scored = [{-length([V || V <- Victims, lists:member(V, replicas(Advertiser, S, Nodes))]), N, S}
+              || N <- lists:seq(0, 199),
+                 S <- [iolist_to_binary(["kill9.", name(Advertiser), ".", integer_to_list(N)])]],
+    {_, _, Service} = lists:min(Scored),
+    Service.
+
+%% The nodes an advertiser's STORE of `Service' reaches when every table is complete: the k
+%% nodes other than itself closest to the key (by XOR distance of the ids).
+replicas(Advertiser, Service, Nodes) ->
+    closest(macula_service_registry:service_key(Service), Nodes -- [Advertiser], ?K).
+
+closest(<<K:256>>, Nodes, Count) ->
+    Sorted = lists:sort([{Id bxor K, Node} || #{id := <<Id:256>>} = Node <- Nodes]),
+    [Node || {_, Node} <- lists:sublist(Sorted, Count)].
+
+%% Within `?WAIT_MS', a victim holds a replica of every one of `Services' (so killing it takes
+%% one away). A Rust node's status counts its keys; the case stores no other key.
+held_by_victim(#{kind := beam} = Victim, Services) ->
+    Keys = [macula_service_registry:service_key(S) || S <- Services],
+    wait_for({name(Victim), holds, Services},
+             fun() ->
+                     [K || K <- Keys, beam_call(Victim, macula_routing_server, get_local,
+                                                [macula_routing_server, K]) =:= not_found]
+             end, []);
+held_by_victim(#{kind := rust} = Victim, Services) ->
+    wait_for({name(Victim), holds, Services},
+             fun() -> status_integer(Victim, <<"keys">>) end, length(Services)).
+
+to_list(Value) when is_binary(Value) -> binary_to_list(Value);
+to_list(Value) when is_list(Value) -> Value.
