@@ -15,7 +15,10 @@
          mixed_providers_of_one_service/1,
          removal_reaches_every_node/1,
          expiry_reaches_every_node/1,
-         kill9_loses_nothing_of_the_survivors/1]).
+         kill9_loses_nothing_of_the_survivors/1,
+         atoms_unknown_to_a_reader_arrive_as_binaries/1]).
+
+-include_lib("stdlib/include/assert.hrl").
 
 -import(macula_cluster_harness, [beam_call/4, ctl/2, ids/1]).
 
@@ -34,7 +37,8 @@ all() ->
      mixed_providers_of_one_service,
      removal_reaches_every_node,
      expiry_reaches_every_node,
-     kill9_loses_nothing_of_the_survivors].
+     kill9_loses_nothing_of_the_survivors,
+     atoms_unknown_to_a_reader_arrive_as_binaries].
 
 suite() ->
     [{timetrap, {minutes, 2}}].
@@ -129,6 +133,25 @@ kill9_loses_nothing_of_the_survivors(Config) ->
              fun() -> [name(V) || V <- Victims, macula_cluster_harness:is_os_process_alive(V)] end,
              []),
     _ = [everywhere(Survivors, Service, [Node]) || {Node, Service} <- Services],
+    ok.
+
+%% A provider map holding an atom that only its publisher's VM has is read by the other BEAM
+%% nodes with that atom as a binary: no VM creates an atom from what a peer sent.
+atoms_unknown_to_a_reader_arrive_as_binaries(Config) ->
+    [B1, _, B2, _, B3 | _] = Nodes = cluster(Config),
+    Name = <<"macula_test_only_on_b1_", (integer_to_binary(erlang:unique_integer([positive])))/binary>>,
+    Atom = beam_call(B1, erlang, binary_to_atom, [Name, utf8]),
+    Service = <<"atoms">>,
+    Provider = #{node_id => maps:get(id, B1), endpoint => endpoint(B1), metadata => #{Atom => <<"eu">>}},
+    ok = beam_call(B1, macula_service_registry, publish_to_dht,
+                   [macula_routing_server, Service, Provider, ?TTL, ?K]),
+    everywhere(Nodes, Service, [B1]),
+    [begin
+         {ok, [Read]} = beam_call(Reader, macula_service_registry, query_dht_for_service,
+                                  [macula_routing_server, Service, 1]),
+         ?assertMatch(#{metadata := #{Name := <<"eu">>}}, Read),
+         ?assertError(badarg, beam_call(Reader, erlang, binary_to_existing_atom, [Name, utf8]))
+     end || Reader <- [B2, B3]],
     ok.
 
 %%--------------------------------------------------------------------------------------------
