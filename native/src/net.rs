@@ -79,8 +79,9 @@ impl Net {
         node_id == self.node.id().0 || self.node.replicated(key, node_id)
     }
 
-    /// Removes the provider here at once (leaving a tombstone) and sends REMOVE to the `k`
-    /// closest nodes in the background.
+    /// Removes the provider here at once (leaving a tombstone) and sends REMOVE in the
+    /// background to the `k` closest nodes and every node that took a copy from here. With
+    /// every task slot taken, the removal stays local (the record then lapses by its ttl).
     pub fn remove(&self, key: &[u8], node_id: &[u8]) {
         let sending = self.node.remove(key, node_id);
         if let Some(slot) = TaskSlot::take(&self.tasks) {
