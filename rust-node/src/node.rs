@@ -459,24 +459,18 @@ impl Node {
         key: &[u8],
         etf: &[u8],
     ) -> impl std::future::Future<Output = Result<Published, NodeError>> + Send + 'static {
-        let shared = self.shared.clone();
-        let (key, etf) = (key.to_vec(), etf.to_vec());
-        let record = shared.begin_replication(&key, &etf);
-        async move { shared.replicate_record(&key, &etf, record?).await }
+        self.shared.replicate_record(key, etf)
     }
 
     /// Removes `node_id`'s provider under `key` here at once (leaving a tombstone); the returned
-    /// future sends REMOVE to the `k` closest nodes of `key`, which keep a tombstone too so late
-    /// copies stay out.
+    /// future sends REMOVE to the `k` closest nodes of `key` and to every node this node gave a
+    /// copy, which keep a tombstone too so late copies stay out.
     pub fn remove(
         &self,
         key: &[u8],
         node_id: &[u8],
     ) -> impl std::future::Future<Output = Result<Published, NodeError>> + Send + 'static {
-        self.shared.remove_with_tombstone(key, node_id);
-        let shared = self.shared.clone();
-        let (key, node_id) = (key.to_vec(), node_id.to_vec());
-        async move { shared.send_remove(&key, &node_id).await }
+        self.shared.remove_everywhere(key, node_id)
     }
 
     /// Whether this node sent a STORE of `node_id`'s provider under `key` (and has not removed

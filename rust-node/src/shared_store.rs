@@ -19,7 +19,6 @@ pub type WriteHook = Box<dyn Fn(&[u8]) + Send + Sync>;
 
 pub struct SharedStore {
     store: RwLock<ProviderStore>,
-    limits: StoreLimits,
     clock: Instant,
     on_write: Option<WriteHook>,
 }
@@ -27,8 +26,7 @@ pub struct SharedStore {
 impl SharedStore {
     pub fn new(limits: StoreLimits) -> SharedStore {
         SharedStore {
-            store: RwLock::new(ProviderStore::new(limits.clone())),
-            limits,
+            store: RwLock::new(ProviderStore::new(limits)),
             clock: Instant::now(),
             on_write: None,
         }
@@ -40,10 +38,6 @@ impl SharedStore {
             on_write: Some(hook),
             ..SharedStore::new(limits)
         }
-    }
-
-    pub fn limits(&self) -> &StoreLimits {
-        &self.limits
     }
 
     /// Milliseconds on the store's monotonic clock (never 0): the time every read, write and
@@ -77,7 +71,7 @@ impl SharedStore {
 impl std::fmt::Debug for SharedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedStore")
-            .field("limits", &self.limits)
+            .field("limits", self.store.read().limits())
             .finish_non_exhaustive()
     }
 }

@@ -3,9 +3,9 @@
 //! The architecture forbids an inbound request from starting a lookup: a node answers with what
 //! it holds (its table, its store) and nothing else, so answering is synchronous, short, and
 //! holds each lock only for the copy it needs. The one request that goes further is REMOVE: it
-//! is passed on, in the background, to the nodes this node handed the record to (no lookup). A frame that does not decode gets an `error`
-//! reply with the decoder's reason and the node goes on serving; the sender does not enter the
-//! table.
+//! is passed on, in the background, to the nodes this node handed the record to (no lookup).
+//! A frame that does not decode gets an `error` reply with the decoder's reason and the node
+//! goes on serving; the sender does not enter the table.
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -131,19 +131,19 @@ impl Shared {
     /// Removes `node_id`'s provider under `key` from the store and leaves a tombstone.
     pub(super) fn remove_with_tombstone(&self, key: &[u8], node_id: &[u8]) {
         let now = self.now_ms();
-        let limits = self.store.limits();
-        let held_ttl = self.store.write(key, |store| {
-            let ttl = store
+        let ttl_secs = self.store.write(key, |store| {
+            let limits = store.limits();
+            let held_ttl = store
                 .providers(key, now)
                 .filter_map(|term| Provider::parse(term).ok())
                 .find(|p| p.node_id == node_id)
                 .map(|p| p.ttl_secs.unwrap_or(limits.default_ttl_secs));
+            let ttl_secs = held_ttl
+                .unwrap_or(limits.max_ttl_secs)
+                .min(limits.max_ttl_secs);
             store.remove(key, node_id);
-            ttl
+            ttl_secs
         });
-        let ttl_secs = held_ttl
-            .unwrap_or(limits.max_ttl_secs)
-            .min(limits.max_ttl_secs);
         let until = now.saturating_add(u64::from(ttl_secs) * 1000);
         self.tombstones
             .lock()

@@ -209,7 +209,7 @@ impl Shared {
             alpha: self.config.alpha,
             want_providers: want,
             max_queries: self.config.max_lookup_queries,
-            max_providers: self.store.limits().max_providers_per_key,
+            max_providers: self.store.read().limits().max_providers_per_key,
             local: Some(self.id),
             ..LookupConfig::default()
         };

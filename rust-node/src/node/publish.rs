@@ -6,6 +6,7 @@
 //! never races a republish of the same service (a STORE sent after the REMOVE would otherwise
 //! look newer than it is); different services publish concurrently.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use macula_dht::wire::{NodeInfo, Request, Response};
@@ -54,9 +55,9 @@ impl Shared {
             slot.advert = None;
             slot.withdrawn_at = unix_now();
         }
-        let key = service_key(service);
-        self.remove_with_tombstone(&key, &self.id.0);
-        let published = self.send_remove(&key, &self.id.0).await?;
+        let published = self
+            .remove_everywhere(&service_key(service), &self.id.0)
+            .await?;
         tracing::info!(
             service,
             acked = published.acked,
@@ -112,8 +113,7 @@ impl Shared {
         let now = self.now_ms();
         self.store
             .write(&key, |store| store.upsert(&key, &etf, now))?;
-        let node_id = self.begin_replication(&key, &etf)?;
-        let published = self.replicate_record(&key, &etf, node_id).await?;
+        let published = self.replicate_record(&key, &etf).await?;
         tracing::info!(
             service,
             acked = published.acked,
@@ -123,57 +123,59 @@ impl Shared {
         Ok(published)
     }
 
-    /// What starts a replication at once: the record's provider id is read, its tombstone here
-    /// goes (this is a newer advertisement) and it is noted among the replicated records.
-    pub(super) fn begin_replication(
-        &self,
+    /// Replicates a record held under `key` (versioned ETF) to the `k` closest nodes. Starts at
+    /// once: the provider's tombstone here goes (this is a newer advertisement) and the record is
+    /// noted among the replicated ones, so a removal right after still goes to the network. The
+    /// returned future sends the STOREs and notes which nodes took a copy.
+    pub(super) fn replicate_record(
+        self: &Arc<Self>,
         key: &[u8],
         etf: &[u8],
-    ) -> Result<Option<Vec<u8>>, NodeError> {
-        let record = ProviderRecord::parse(etf).map_err(|e| NodeError::Store(e.into()))?;
-        let node_id = record.node_id().map(<[u8]>::to_vec);
-        if let Some(node_id) = &node_id {
+    ) -> impl Future<Output = Result<Published, NodeError>> + Send + 'static {
+        let node_id = ProviderRecord::parse(etf)
+            .map(|record| record.node_id().map(<[u8]>::to_vec))
+            .map_err(|e| NodeError::Store(e.into()));
+        if let Ok(Some(node_id)) = &node_id {
             self.tombstones.lock().clear(key, node_id);
             self.holders.lock().add(key, node_id, &[]);
         }
-        Ok(node_id)
-    }
-
-    /// Sends a record held under `key` (versioned ETF, its provider `node_id` as
-    /// `begin_replication` read it) to the `k` closest nodes, and notes which took it.
-    pub(super) async fn replicate_record(
-        self: &Arc<Self>,
-        key: &[u8],
-        etf: &[u8],
-        node_id: Option<Vec<u8>>,
-    ) -> Result<Published, NodeError> {
-        let request = Request::Store {
-            key: key.to_vec(),
-            // The wire carries the term without the version byte.
-            value: etf[1..].to_vec(),
-        };
-        let (published, acked) = self.replicate(key, request, Vec::new()).await?;
-        if let Some(node_id) = node_id {
-            self.holders.lock().add(key, &node_id, &acked);
+        let shared = self.clone();
+        let (key, etf) = (key.to_vec(), etf.to_vec());
+        async move {
+            let node_id = node_id?;
+            let request = Request::Store {
+                key: key.clone(),
+                // The wire carries the term without the version byte.
+                value: etf[1..].to_vec(),
+            };
+            let (published, acked) = shared.replicate(&key, request, Vec::new()).await?;
+            if let Some(node_id) = node_id {
+                shared.holders.lock().add(&key, &node_id, &acked);
+            }
+            Ok(published)
         }
-        Ok(published)
     }
 
-    /// Sends REMOVE of `node_id`'s provider under `key` to the `k` closest nodes, and to every
-    /// node this node's STOREs of it reached.
-    pub(super) async fn send_remove(
+    /// Removes `node_id`'s provider under `key` here at once, leaving a tombstone; the returned
+    /// future sends REMOVE to the `k` closest nodes and to every node this node gave a copy.
+    pub(super) fn remove_everywhere(
         self: &Arc<Self>,
         key: &[u8],
         node_id: &[u8],
-    ) -> Result<Published, NodeError> {
+    ) -> impl Future<Output = Result<Published, NodeError>> + Send + 'static {
+        self.remove_with_tombstone(key, node_id);
+        let mut copies = self.holders.lock().take(key, node_id);
+        copies.extend(self.handed_off.lock().take(key, node_id));
         let request = Request::Remove {
             key: key.to_vec(),
             node_id: node_id.to_vec(),
         };
-        let mut copies = self.holders.lock().take(key, node_id);
-        copies.extend(self.handed_off.lock().take(key, node_id));
-        let (published, _) = self.replicate(key, request, copies).await?;
-        Ok(published)
+        let shared = self.clone();
+        let key = key.to_vec();
+        async move {
+            let (published, _) = shared.replicate(&key, request, copies).await?;
+            Ok(published)
+        }
     }
 
     /// Looks up the `k` closest nodes to `key` and sends `request` (STORE or REMOVE) to them and
