@@ -10,7 +10,7 @@
 %% per run). Without `listen', `network => undefined': the single-node server.
 -module(macula_routing_config).
 
--export([parse/1, defaults/0]).
+-export([parse/1, defaults/0, address/1]).
 
 -export_type([config/0]).
 
@@ -112,6 +112,8 @@ check([{Key, Value, Read} | Rest], Acc) ->
         error -> {error, {invalid_config, Key, Value}}
     end.
 
+%% @doc An address as the network settings hold it: `<<"host:port">>' (`<<"[v6]:port">>' for
+%% an IPv6 tuple), or `error'.
 -spec address(address()) -> {ok, binary()} | error.
 address({Ip, Port}) when is_integer(Port), Port >= 0, Port =< 65535 ->
     case inet:ntoa(Ip) of
@@ -119,16 +121,8 @@ address({Ip, Port}) when is_integer(Port), Port >= 0, Port =< 65535 ->
         Text when tuple_size(Ip) =:= 8 -> {ok, iolist_to_binary(["[", Text, "]:", integer_to_list(Port)])};
         Text -> {ok, iolist_to_binary([Text, ":", integer_to_list(Port)])}
     end;
-address(Text) when is_list(Text) ->
-    try unicode:characters_to_binary(Text) of
-        Bin when is_binary(Bin) -> address(Bin);
-        _ -> error
-    catch error:_ -> error
-    end;
-address(Text) when is_binary(Text), byte_size(Text) > 0, byte_size(Text) =< ?MAX_ADDRESS_BYTES ->
-    {ok, Text};
-address(_) ->
-    error.
+address(Text) ->
+    bounded_text(Text, ?MAX_ADDRESS_BYTES).
 
 addresses(List) when is_list(List), length(List) =< ?MAX_BOOTSTRAP ->
     Parsed = [address(A) || A <- List],
@@ -141,13 +135,17 @@ addresses(_) ->
 
 path(undefined) ->
     {ok, undefined};
-path(Path) when is_list(Path); is_binary(Path) ->
-    try unicode:characters_to_binary(Path) of
-        Bin when is_binary(Bin), byte_size(Bin) > 0, byte_size(Bin) =< ?MAX_PATH_BYTES -> {ok, Bin};
+path(Path) ->
+    bounded_text(Path, ?MAX_PATH_BYTES).
+
+%% A non-empty string or binary of at most `Max' bytes, as a binary.
+bounded_text(Text, Max) when is_list(Text); is_binary(Text) ->
+    try unicode:characters_to_binary(Text) of
+        Bin when is_binary(Bin), byte_size(Bin) > 0, byte_size(Bin) =< Max -> {ok, Bin};
         _ -> error
     catch error:_ -> error
     end;
-path(_) ->
+bounded_text(_Text, _Max) ->
     error.
 
 check_ttls(#{default_ttl := Default, max_ttl := Max}) when Default > Max ->

@@ -10,9 +10,9 @@
 %%
 %% In network mode (`Config' has `listen', see `macula_routing_config') the NIF also runs the
 %% node's QUIC side: peers are answered in Rust from the same store, `store/3' replicates to the
-%% k closest, `find_value/3' looks up the network on a local miss (in the caller's process, never
-%% in this server, and always within `lookup_timeout_ms'), and `delete_local/3' of a provider
-%% this node published removes it everywhere. The node id is then the one bound to the identity
+%% k closest, `find_value/3' looks up the network when this node holds fewer than K providers
+%% (in the caller's process, never in this server, and always within `lookup_timeout_ms'), and
+%% `delete_local/3' of a provider this node published removes it everywhere. The node id is then the one bound to the identity
 %% key. Processes may `subscribe/2' to peer and lookup events.
 -module(macula_routing_server).
 -behaviour(gen_server).
@@ -256,8 +256,8 @@ execute(peers, #node{handle = H}) ->
 execute(_Unknown, _Node) ->
     {error, unknown_request}.
 
-%% Answered from the local store when this node is one of the key's replicas, else by a lookup
-%% on the runtime whose reply comes by message: within the timeout, or at once as
+%% Answered from the local store when it holds at least K providers, else by a lookup on the
+%% runtime whose reply comes by message: within the timeout, or at once as
 %% `{error, lookup_failed}' if the task died; the grace period covers anything else.
 network_find_value(H, Key, K, Timeout) when is_integer(K), K > 0, K =< ?MAX_WANT ->
     Tag = make_ref(),
@@ -304,9 +304,9 @@ join(Node, undefined, _Config) ->
 join(#node{handle = H} = Node, IdentityKey, #{network := Network} = Config) ->
     case macula_dht_nif:net_start(H, IdentityKey, net_settings(Network, Config)) of
         {ok, Address} ->
+            {ok, Text} = macula_routing_config:address(Address),
             logger:info("macula_dht: node ~ts listening on ~ts",
-                        [macula_routing_nodeid:to_hex(Node#node.local_id), inet:ntoa(element(1, Address))
-                         ++ ":" ++ integer_to_list(element(2, Address))]),
+                        [macula_routing_nodeid:to_hex(Node#node.local_id), Text]),
             {ok, Node#node{lookup_timeout = maps:get(lookup_timeout_ms, Network)}};
         {error, _} = Error ->
             Error
@@ -371,17 +371,17 @@ event_kind(_PeerUpOrDown) -> peers.
 subscribe(Pid, Kinds, #state{subscribers = Subscribers} = State) ->
     Valid = is_list(Kinds) andalso Kinds =/= [] andalso
         lists:all(fun(K) -> K =:= peers orelse K =:= lookups end, Kinds),
-    Known = maps:is_key(Pid, Subscribers),
+    Known = maps:find(Pid, Subscribers),
     if
         not Valid ->
             {{error, {invalid_event_kinds, Kinds}}, State};
-        not Known andalso map_size(Subscribers) >= ?MAX_SUBSCRIBERS ->
+        Known =:= error andalso map_size(Subscribers) >= ?MAX_SUBSCRIBERS ->
             {{error, too_many_subscribers}, State};
-        Known ->
-            {Monitor, _} = maps:get(Pid, Subscribers),
-            {ok, events_on(State#state{subscribers = Subscribers#{Pid => {Monitor, Kinds}}})};
         true ->
-            Monitor = erlang:monitor(process, Pid),
+            Monitor = case Known of
+                          {ok, {Kept, _}} -> Kept;
+                          error -> erlang:monitor(process, Pid)
+                      end,
             {ok, events_on(State#state{subscribers = Subscribers#{Pid => {Monitor, Kinds}}})}
     end.
 

@@ -213,25 +213,35 @@ fn table_add<'a>(env: Env<'a>, node: &'a Node, info: Term<'a>) -> Term<'a> {
     let Ok(info) = info else {
         return reply::error(env, (atoms::invalid_node_info(), atoms::not_a_map()));
     };
-    let bytes = info.to_binary();
-    if bytes.len() > MAX_NODE_INFO_BYTES {
-        return reply::error(
-            env,
-            (
-                atoms::invalid_node_info(),
-                (atoms::too_large(), bytes.len(), MAX_NODE_INFO_BYTES),
-            ),
-        );
-    }
+    let term = match node_info_bytes(info) {
+        Ok(term) => term,
+        Err(len) => {
+            return reply::error(
+                env,
+                (
+                    atoms::invalid_node_info(),
+                    (atoms::too_large(), len, MAX_NODE_INFO_BYTES),
+                ),
+            )
+        }
+    };
     if node.is_closed() {
         return atoms::closed().encode(env);
     }
-    // Stored without the version byte so that replies can splice entries into one ETF list.
-    let term: Box<[u8]> = bytes.as_slice().get(1..).unwrap_or_default().into();
     node.table
         .write()
         .insert(NodeId::normalize(raw_id.as_slice()), term);
     atoms::ok().encode(env)
+}
+
+/// A NodeInfo map as the table keeps it: its ETF without the version byte, so that replies can
+/// splice entries into one ETF list. Over `MAX_NODE_INFO_BYTES`, the encoded length.
+pub(crate) fn node_info_bytes(info: Term<'_>) -> Result<Box<[u8]>, usize> {
+    let bytes = info.to_binary();
+    if bytes.len() > MAX_NODE_INFO_BYTES {
+        return Err(bytes.len());
+    }
+    Ok(bytes.as_slice().get(1..).unwrap_or_default().into())
 }
 
 /// The raw `node_id` of a NodeInfo map, under the atom or the binary key.
@@ -310,7 +320,7 @@ fn sha256<'a>(env: Env<'a>, data: Binary<'a>) -> Term<'a> {
 }
 
 #[rustler::nif]
-fn stats<'a>(env: Env<'a>, node: &'a Node) -> NifResult<Term<'a>> {
+fn stats<'a>(env: Env<'a>, node: &'a Node) -> Term<'a> {
     let store = node.store.read().stats();
     let nodes = node.table.read().len();
     let local = [
@@ -322,10 +332,12 @@ fn stats<'a>(env: Env<'a>, node: &'a Node) -> NifResult<Term<'a>> {
         (atoms::nodes(), nodes as u64),
         (atoms::nif_allocated_bytes(), alloc::heap_bytes() as u64),
     ];
-    let pairs: Vec<(rustler::Atom, u64)> = local.into_iter().chain(net::stats(node)).collect();
-    let keys: Vec<Term> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
-    let values: Vec<Term> = pairs.iter().map(|(_, v)| v.encode(env)).collect();
-    Term::map_from_term_arrays(env, &keys, &values)
+    let pairs: Vec<(rustler::Atom, Term<'a>)> = local
+        .into_iter()
+        .chain(net::stats(node))
+        .map(|(k, v)| (k, v.encode(env)))
+        .collect();
+    reply::map(env, &pairs)
 }
 
 pub(crate) fn with_reply_buf<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {

@@ -30,7 +30,7 @@ use macula_dht_node::{
 };
 use rustler::env::{OwnedEnv, SavedTerm};
 use rustler::types::tuple::make_tuple;
-use rustler::{Atom, Binary, Encoder, Env, LocalPid, NifResult, Resource, ResourceArc, Term};
+use rustler::{Atom, Binary, Encoder, Env, LocalPid, Resource, ResourceArc, Term};
 use tokio::runtime::{Handle, Runtime};
 
 use crate::node::{unix_ms, Node, Table};
@@ -239,10 +239,10 @@ fn net_start<'a>(
     node: ResourceArc<Node>,
     key: ResourceArc<IdentityKey>,
     settings: Term<'a>,
-) -> NifResult<Term<'a>> {
-    let fail = |what: Atom, why: String| Ok(reply::error(env, (what, why)));
+) -> Term<'a> {
+    let fail = |what: Atom, why: String| reply::error(env, (what, why));
     if node.net().is_some() {
-        return Ok(reply::error(env, net_atoms::already_networked()));
+        return reply::error(env, net_atoms::already_networked());
     }
     if key.0.id() != node.local_id() {
         return fail(
@@ -283,7 +283,7 @@ fn net_start<'a>(
     });
     if let Err(net) = node.attach(net) {
         net.stop();
-        return Ok(reply::error(env, net_atoms::already_networked()));
+        return reply::error(env, net_atoms::already_networked());
     }
     let bootstrap = settings.bootstrap;
     runtime.spawn(async move {
@@ -307,7 +307,7 @@ fn net_start<'a>(
                 .encode(env)
         });
     });
-    Ok((atoms::ok(), address(env, addr)).encode(env))
+    (atoms::ok(), address(env, addr)).encode(env)
 }
 
 /// Turns peer and lookup events on or off for the node's owner.
@@ -506,31 +506,25 @@ fn event_sink(owner: LocalPid, table: Table, on: Arc<AtomicBool>) -> macula_dht_
     })
 }
 
-/// Puts a peer of the runtime into the Erlang table, as a NodeInfo map stored the way
-/// `table_add` stores one (ETF without the version byte).
+/// Puts a peer of the runtime into the Erlang table, as `table_add` stores a NodeInfo map.
 fn mirror_up(table: &Table, peer: &NodeInfo) {
-    let bytes = OwnedEnv::new().run(|env| {
-        let info = node_info(env, peer, Some(unix_ms()));
-        info.to_binary().as_slice().get(1..).map(Box::<[u8]>::from)
-    });
-    if let Some(bytes) = bytes {
+    let bytes =
+        OwnedEnv::new().run(|env| crate::node_info_bytes(node_info(env, peer, Some(unix_ms()))));
+    if let Ok(bytes) = bytes {
         table.write().insert(peer.id, bytes);
     }
 }
 
 /// `#{node_id => Id, address => {Ip, Port}}`, with `last_seen` when given.
 fn node_info<'a>(env: Env<'a>, peer: &NodeInfo, last_seen: Option<u64>) -> Term<'a> {
-    let mut info = Term::map_new(env);
-    for (key, value) in [
+    let mut pairs = vec![
         (atoms::node_id(), reply::binary(env, &peer.id.0)),
         (net_atoms::address(), address(env, peer.addr)),
-    ] {
-        info = info.map_put(key, value).unwrap_or(info);
-    }
+    ];
     if let Some(ms) = last_seen {
-        info = info.map_put(atoms::last_seen(), ms).unwrap_or(info);
+        pairs.push((atoms::last_seen(), ms.encode(env)));
     }
-    info
+    reply::map(env, &pairs)
 }
 
 fn lookup_summary<'a>(env: Env<'a>, s: &LookupSummary) -> Term<'a> {
@@ -539,19 +533,19 @@ fn lookup_summary<'a>(env: Env<'a>, s: &LookupSummary) -> Term<'a> {
         LookupKind::FindNode => net_atoms::find_node(),
         LookupKind::FindValue => net_atoms::find_value(),
     };
-    let pairs: [(Atom, Term<'a>); 8] = [
-        (net_atoms::kind(), kind.encode(env)),
-        (net_atoms::target(), reply::binary(env, &s.target.0)),
-        (net_atoms::providers(), s.providers.encode(env)),
-        (net_atoms::queried(), s.queried.encode(env)),
-        (net_atoms::failed(), s.failed.encode(env)),
-        (net_atoms::hops(), s.hops.encode(env)),
-        (net_atoms::elapsed_us(), elapsed_us.encode(env)),
-        (net_atoms::timed_out(), s.timed_out.encode(env)),
-    ];
-    let keys: Vec<Term<'a>> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
-    let values: Vec<Term<'a>> = pairs.iter().map(|(_, v)| *v).collect();
-    Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| Term::map_new(env))
+    reply::map(
+        env,
+        &[
+            (net_atoms::kind(), kind.encode(env)),
+            (net_atoms::target(), reply::binary(env, &s.target.0)),
+            (net_atoms::providers(), s.providers.encode(env)),
+            (net_atoms::queried(), s.queried.encode(env)),
+            (net_atoms::failed(), s.failed.encode(env)),
+            (net_atoms::hops(), s.hops.encode(env)),
+            (net_atoms::elapsed_us(), elapsed_us.encode(env)),
+            (net_atoms::timed_out(), s.timed_out.encode(env)),
+        ],
+    )
 }
 
 /// `{{A, B, C, D}, Port}` or `{{A, ..., H}, Port}`, as `inet` writes addresses.

@@ -23,6 +23,14 @@ pub fn error<'a>(env: Env<'a>, reason: impl Encoder) -> Term<'a> {
     (atoms::error(), reason).encode(env)
 }
 
+/// A map of atom keys, built in one call.
+pub fn map<'a>(env: Env<'a>, pairs: &[(rustler::Atom, Term<'a>)]) -> Term<'a> {
+    let keys: Vec<Term<'a>> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
+    let values: Vec<Term<'a>> = pairs.iter().map(|(_, v)| *v).collect();
+    // Distinct atom keys always make a map.
+    Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| Term::map_new(env))
+}
+
 pub fn invalid_key(env: Env<'_>) -> Term<'_> {
     error(env, (atoms::invalid_key(), atoms::not_a_binary()))
 }
