@@ -30,6 +30,20 @@ fn echo_server(config: TransportConfig) -> Endpoint {
     server
 }
 
+/// An endpoint at `addr` with the identity kept in `key`, replying with each frame as is.
+fn keyed_echo_server(addr: SocketAddr, key: &std::path::Path) -> Endpoint {
+    let server = Endpoint::bind(
+        addr,
+        &Identity::load_or_create(key).unwrap(),
+        TransportConfig::default(),
+    )
+    .unwrap();
+    server
+        .serve(|_peer: Peer, frame: Vec<u8>| async move { frame })
+        .unwrap();
+    server
+}
+
 fn echoed(client: &Endpoint, frame: &[u8]) -> Vec<u8> {
     let mut reply = client.id().0.to_vec();
     reply.extend_from_slice(frame);
@@ -289,15 +303,7 @@ async fn binding_a_port_in_use_is_a_clean_error() {
 async fn identity_persists_across_endpoint_restarts() {
     let dir = temp_dir("restart");
     let key = dir.join("node.key");
-    let server = Endpoint::bind(
-        any_port(),
-        &Identity::load_or_create(&key).unwrap(),
-        TransportConfig::default(),
-    )
-    .unwrap();
-    server
-        .serve(|_peer: Peer, frame: Vec<u8>| async move { frame })
-        .unwrap();
+    let server = keyed_echo_server(any_port(), &key);
     let (addr, first_id) = (server.local_addr(), server.id());
     let client = endpoint(TransportConfig::default());
     client
@@ -306,15 +312,7 @@ async fn identity_persists_across_endpoint_restarts() {
         .unwrap();
     server.close().await;
 
-    let restarted = Endpoint::bind(
-        addr,
-        &Identity::load_or_create(&key).unwrap(),
-        TransportConfig::default(),
-    )
-    .unwrap();
-    restarted
-        .serve(|_peer: Peer, frame: Vec<u8>| async move { frame })
-        .unwrap();
+    let restarted = keyed_echo_server(addr, &key);
     assert_eq!(restarted.id(), first_id);
     // The client's pooled connection died with the old server; it redials transparently, well
     // within the request timeout.
