@@ -24,26 +24,40 @@ pub const MAX_TERMS: usize = 1 << 20;
 /// Why a term was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EtfError {
+    /// The input ends inside a term: a tag, length or element points past the last byte.
     #[error("term is truncated")]
     Truncated,
+    /// A complete external term was expected, but the input is empty or does not start with
+    /// [`VERSION`].
     #[error("missing ETF version byte 131")]
     MissingVersion,
+    /// A tag byte (carried) that names no term this reader knows, see [`tag`].
     #[error("unknown ETF tag {0}")]
     UnknownTag(u8),
+    /// Containers are nested deeper than [`MAX_DEPTH`].
     #[error("terms nested deeper than {MAX_DEPTH}")]
     TooDeep,
+    /// A list, tuple or map announces more elements than there are bytes left (each takes at
+    /// least one); returned before any element is read.
     #[error("a container announces more elements than there are bytes left")]
     TooManyElements,
+    /// One call to [`skip_term`] would visit more than [`MAX_TERMS`] terms.
     #[error("more than {MAX_TERMS} terms in one value")]
     TooManyTerms,
+    /// A zlib-compressed term ([`tag::COMPRESSED`], from `term_to_binary(T, [compressed])`):
+    /// inflating it would allocate from an untrusted size, so it is refused.
     #[error("compressed terms are not supported")]
     Compressed,
+    /// The node name inside a pid, port or reference is not an atom; carries the tag found instead.
     #[error("expected an atom, found tag {0}")]
     ExpectedAtom(u8),
+    /// A fun ([`tag::NEW_FUN`]) whose size field is below 4, the size of the field itself.
     #[error("fun size field is smaller than itself")]
     BadFunSize,
+    /// [`map_fields`] was given a term that is not a map.
     #[error("term is not a map")]
     NotAMap,
+    /// Bytes follow a term that should have filled the whole input.
     #[error("bytes left after the term")]
     TrailingBytes,
 }
@@ -53,6 +67,8 @@ pub enum EtfError {
 pub enum Scalar<'a> {
     /// An atom of any atom tag, as its name bytes.
     Atom(&'a [u8]),
+    /// The bytes of a `BINARY_EXT` (a bitstring whose length is not a whole number of bytes is
+    /// [`Scalar::Other`]).
     Binary(&'a [u8]),
     /// SMALL_INTEGER, INTEGER, or SMALL_BIG of at most 8 magnitude bytes.
     Integer(i128),
@@ -222,34 +238,68 @@ pub fn write_list<'a>(items: impl IntoIterator<Item = &'a [u8]>, out: &mut Vec<u
 
 /// ETF tags (erts `external.h`).
 pub mod tag {
+    /// `NEW_FLOAT_EXT`: a float as 8 bytes, big-endian IEEE 754 double.
     pub const NEW_FLOAT: u8 = 70;
+    /// `BIT_BINARY_EXT`: a bitstring: 4-byte length, the number of bits used in the last byte, then
+    /// the bytes.
     pub const BIT_BINARY: u8 = 77;
+    /// A zlib-compressed term (4-byte uncompressed size, then the data); rejected with
+    /// [`EtfError::Compressed`](super::EtfError::Compressed).
     pub const COMPRESSED: u8 = 80;
+    /// `NEW_PID_EXT`: a pid: node atom, then 4-byte id, serial and creation.
     pub const NEW_PID: u8 = 88;
+    /// `NEW_PORT_EXT`: a port: node atom, then 4-byte id and creation.
     pub const NEW_PORT: u8 = 89;
+    /// `NEWER_REFERENCE_EXT`: a reference: 2-byte word count, node atom, 4-byte creation, then the
+    /// 4-byte id words.
     pub const NEWER_REFERENCE: u8 = 90;
+    /// `SMALL_INTEGER_EXT`: an integer in 0..=255, one byte.
     pub const SMALL_INTEGER: u8 = 97;
+    /// `INTEGER_EXT`: a signed 32-bit integer, big-endian.
     pub const INTEGER: u8 = 98;
+    /// `FLOAT_EXT`: the old float format, 31 bytes of text.
     pub const FLOAT: u8 = 99;
+    /// `ATOM_EXT`: the old Latin-1 atom with a 2-byte length.
     pub const ATOM: u8 = 100;
+    /// `REFERENCE_EXT`: the old reference: node atom, 4-byte id, 1-byte creation.
     pub const REFERENCE: u8 = 101;
+    /// `PORT_EXT`: the old port: node atom, 4-byte id, 1-byte creation.
     pub const PORT: u8 = 102;
+    /// `PID_EXT`: the old pid: node atom, 4-byte id and serial, 1-byte creation.
     pub const PID: u8 = 103;
+    /// `SMALL_TUPLE_EXT`: a tuple with a 1-byte arity; its elements follow.
     pub const SMALL_TUPLE: u8 = 104;
+    /// `LARGE_TUPLE_EXT`: a tuple with a 4-byte arity; its elements follow.
     pub const LARGE_TUPLE: u8 = 105;
+    /// `NIL_EXT`: the empty list `[]`, also the tail of a proper list.
     pub const NIL: u8 = 106;
+    /// `STRING_EXT`: a list of bytes (integers 0..=255) with a 2-byte length.
     pub const STRING: u8 = 107;
+    /// `LIST_EXT`: a list: 4-byte element count, the elements, then the tail (`NIL` when proper).
     pub const LIST: u8 = 108;
+    /// `BINARY_EXT`: a binary: 4-byte length, then the bytes.
     pub const BINARY: u8 = 109;
+    /// `SMALL_BIG_EXT`: an integer of up to 255 bytes: 1-byte length, sign byte, little-endian
+    /// magnitude. Erlang uses it for integers beyond 32 bits, such as ms timestamps.
     pub const SMALL_BIG: u8 = 110;
+    /// `LARGE_BIG_EXT`: an integer with a 4-byte length, sign byte, little-endian magnitude.
     pub const LARGE_BIG: u8 = 111;
+    /// `NEW_FUN_EXT`: a fun; its 4-byte size counts the whole fun, the size field included.
     pub const NEW_FUN: u8 = 112;
+    /// `EXPORT_EXT`: `fun M:F/A`; three terms follow: module, function, arity.
     pub const EXPORT: u8 = 113;
+    /// `NEW_REFERENCE_EXT`: a reference: 2-byte word count, node atom, 1-byte creation, then the
+    /// 4-byte id words.
     pub const NEW_REFERENCE: u8 = 114;
+    /// `SMALL_ATOM_EXT`: the old Latin-1 atom with a 1-byte length.
     pub const SMALL_ATOM: u8 = 115;
+    /// `MAP_EXT`: a map: 4-byte arity, then that many key/value pairs.
     pub const MAP: u8 = 116;
+    /// `ATOM_UTF8_EXT`: a UTF-8 atom with a 2-byte length.
     pub const ATOM_UTF8: u8 = 118;
+    /// `SMALL_ATOM_UTF8_EXT`: a UTF-8 atom with a 1-byte length (what OTP 25 writes).
     pub const SMALL_ATOM_UTF8: u8 = 119;
+    /// `V4_PORT_EXT`: a port: node atom, 8-byte id, 4-byte creation.
     pub const V4_PORT: u8 = 120;
 }
 
