@@ -16,12 +16,17 @@ pub const MAX_NODE_ID_BYTES: usize = 255;
 /// Why a provider term was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
+    /// The term is well-formed ETF but not a map.
     #[error("provider is not a map")]
     NotAMap,
+    /// The bytes are not one complete, bounded ETF term (no version byte, truncated, trailing
+    /// bytes, too deep, ...); carries the reader's reason.
     #[error("malformed provider term: {0}")]
     Malformed(#[from] EtfError),
+    /// A `node_id` field is present but is not a binary of at most [`MAX_NODE_ID_BYTES`] bytes.
     #[error("provider node_id is not a binary of at most {MAX_NODE_ID_BYTES} bytes")]
     InvalidNodeId,
+    /// A `ttl` field is present but is not an integer number of seconds in `1..=u32::MAX`.
     #[error("provider ttl is not an integer in 1..=4294967295")]
     InvalidTtl,
 }
