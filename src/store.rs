@@ -21,16 +21,20 @@ use expiry::ExpiryIndex;
 /// Hard caps and TTL policy of a [`ProviderStore`].
 #[derive(Debug, Clone)]
 pub struct StoreLimits {
+    /// Most keys held at once. A write that would add a key beyond it first purges expired
+    /// records, then fails with [`StoreError::TooManyKeys`].
     pub max_keys: usize,
+    /// Most providers under one key. Adding one beyond it fails with
+    /// [`StoreError::TooManyProviders`]; replacing a provider with the same `node_id` never does.
     pub max_providers_per_key: usize,
     /// Longest provider term, in bytes without the version byte (at most 16 MiB - 1 whatever is
     /// configured: the packed layout's cap).
     pub max_record_bytes: usize,
-    /// Longest key (at most 65 535 whatever is configured: the packed layout's cap).
+    /// Longest key, in bytes (at most 65 535 whatever is configured: the packed layout's cap).
     pub max_key_bytes: usize,
-    /// TTL of a provider without `ttl`.
+    /// TTL, in seconds, of a provider without a `ttl` field.
     pub default_ttl_secs: u32,
-    /// Longest TTL applied; larger `ttl` values are clamped.
+    /// Longest TTL applied, in seconds; larger `ttl` values are clamped to it.
     pub max_ttl_secs: u32,
 }
 
@@ -50,37 +54,66 @@ impl Default for StoreLimits {
 /// Why an upsert was refused. A refused upsert changes no stored provider.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
+    /// The key is longer than [`StoreLimits::max_key_bytes`] (or the packed layout's cap).
     #[error("key of {len} bytes exceeds {max}")]
-    KeyTooLarge { len: usize, max: usize },
+    KeyTooLarge {
+        /// Length of the refused key, in bytes.
+        len: usize,
+        /// Longest key accepted, in bytes: the smaller of the limit and the layout's cap.
+        max: usize,
+    },
+    /// The provider term is longer than [`StoreLimits::max_record_bytes`] (or the packed
+    /// layout's cap). Checked before the term is parsed.
     #[error("provider of {len} bytes exceeds {max}")]
-    RecordTooLarge { len: usize, max: usize },
+    RecordTooLarge {
+        /// Length of the refused term, in bytes without the version byte.
+        len: usize,
+        /// Longest term accepted, in bytes: the smaller of the limit and the layout's cap.
+        max: usize,
+    },
+    /// The key is new and the store holds [`StoreLimits::max_keys`] keys even after purging
+    /// expired records.
     #[error("store already holds {max} keys")]
-    TooManyKeys { max: usize },
+    TooManyKeys {
+        /// The configured [`StoreLimits::max_keys`].
+        max: usize,
+    },
+    /// The provider would be added (not replaced) under a key that already holds
+    /// [`StoreLimits::max_providers_per_key`] live providers.
     #[error("key already holds {max} providers")]
-    TooManyProviders { max: usize },
+    TooManyProviders {
+        /// The configured [`StoreLimits::max_providers_per_key`].
+        max: usize,
+    },
+    /// The term is not a valid provider map; does not count in [`StoreStats::rejected`].
     #[error("invalid provider: {0}")]
     InvalidProvider(#[from] ProviderError),
 }
 
-/// What an accepted upsert did.
-/// What `ProviderStore::write_list` wrote.
+/// What [`ProviderStore::write_list`] wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listed {
+    /// Number of live providers in the list written.
     pub count: usize,
     /// The earliest expiry of the listed records (`u64::MAX` when none): until then, and until the
     /// next write to the key, the same list would be written again.
     pub valid_until_ms: u64,
 }
 
+/// What an accepted upsert did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upserted {
+    /// The provider was added, first under its key (the key itself may be new).
     Inserted,
+    /// A live provider with the same `node_id` was replaced in place, keeping its position; its
+    /// expiry was refreshed.
     Replaced,
 }
 
 /// Counters of a [`ProviderStore`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
+    /// Keys held, including keys whose records have all expired but are not yet purged.
     pub keys: usize,
     /// Records held, including expired ones not yet purged.
     pub records: usize,
@@ -109,6 +142,7 @@ pub struct ProviderStore {
 }
 
 impl ProviderStore {
+    /// An empty store that enforces `limits`.
     pub fn new(limits: StoreLimits) -> Self {
         ProviderStore {
             limits,
@@ -119,6 +153,8 @@ impl ProviderStore {
         }
     }
 
+    /// The limits given to [`new`](Self::new), as configured (the packed layout may cap
+    /// `max_record_bytes` and `max_key_bytes` lower).
     pub fn limits(&self) -> &StoreLimits {
         &self.limits
     }
@@ -220,10 +256,12 @@ impl ProviderStore {
         self.entries.iter().map(KeyEntry::key)
     }
 
+    /// Whether `key` is held, even when all its records have expired but are not yet purged.
     pub fn contains_key(&self, key: &[u8]) -> bool {
         self.entry(key).is_some()
     }
 
+    /// The current counters; cheap, nothing is walked.
     pub fn stats(&self) -> StoreStats {
         StoreStats {
             keys: self.entries.len(),
