@@ -32,7 +32,9 @@ impl Default for TableConfig {
 /// What [`RoutingTable::insert`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {
+    /// A new id entered its bucket, as most recently seen.
     Added,
+    /// The id was already in its bucket: its info was replaced and it became most recently seen.
     Updated,
     /// The bucket is full: the node was kept in the bucket's replacement cache instead.
     Pending,
@@ -43,16 +45,20 @@ pub enum Inserted {
 /// What [`RoutingTable::remove`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Removed {
+    /// The id was in no bucket and no replacement cache; nothing changed.
     Unknown,
     /// The id was only in a replacement cache.
     Replacement,
     /// The id left its bucket; `promoted` is the replacement that took its slot.
     Node {
+        /// The most recently seen replacement, now in the bucket; `None` when the bucket's
+        /// replacement cache was empty.
         promoted: Option<NodeId>,
     },
 }
 
 impl Removed {
+    /// Whether the id was in the table at all, in a bucket or in a replacement cache.
     pub fn was_known(self) -> bool {
         self != Removed::Unknown
     }
@@ -80,6 +86,7 @@ struct Bucket<T> {
 }
 
 impl<T> RoutingTable<T> {
+    /// An empty table around `local`, the id of this node, which is never inserted.
     pub fn new(local: NodeId, config: TableConfig) -> Self {
         let buckets = (0..ID_BITS)
             .map(|_| Bucket {
@@ -96,10 +103,12 @@ impl<T> RoutingTable<T> {
         }
     }
 
+    /// The id of this node, given to [`new`](Self::new).
     pub fn local(&self) -> &NodeId {
         &self.local
     }
 
+    /// The bucket sizes given to [`new`](Self::new).
     pub fn config(&self) -> &TableConfig {
         &self.config
     }
@@ -164,6 +173,7 @@ impl<T> RoutingTable<T> {
         self.nodes.len()
     }
 
+    /// Whether no bucket holds a node (replacement caches may still hold some).
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }
