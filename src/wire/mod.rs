@@ -50,16 +50,33 @@ pub enum Request {
     /// `#{v => 1, type => ping}`.
     Ping,
     /// `#{v => 1, type => find_node, target => <<32 bytes>>}`.
-    FindNode { target: NodeId },
+    FindNode {
+        /// The id whose closest known nodes are asked for.
+        target: NodeId,
+    },
     /// `#{v => 1, type => find_value, key => Key}`.
-    FindValue { key: Vec<u8> },
+    FindValue {
+        /// The DHT key whose providers are asked for, at most [`MAX_KEY_BYTES`] bytes.
+        key: Vec<u8>,
+    },
     /// `#{v => 1, type => store, key => Key, value => Provider}`. `value` is the provider's term
     /// bytes without version byte; decoded values passed [`crate::ProviderRecord::parse`], and
     /// values to encode must be such bytes too (they are written as they are).
-    Store { key: Vec<u8>, value: Vec<u8> },
+    Store {
+        /// The DHT key to store the provider under, at most [`MAX_KEY_BYTES`] bytes.
+        key: Vec<u8>,
+        /// The provider's term bytes, without version byte (see above).
+        value: Vec<u8>,
+    },
     /// `#{v => 1, type => remove, key => Key, node_id => NodeId}`: the provider `node_id`
     /// withdraws its record under `key`.
-    Remove { key: Vec<u8>, node_id: Vec<u8> },
+    Remove {
+        /// The DHT key the record is stored under, at most [`MAX_KEY_BYTES`] bytes.
+        key: Vec<u8>,
+        /// The `node_id` binary of the withdrawing provider, as in its record: at most
+        /// [`MAX_NODE_ID_BYTES`] bytes, not necessarily a 32-byte [`NodeId`].
+        node_id: Vec<u8>,
+    },
 }
 
 /// A reply, sent back on the request's stream.
@@ -72,29 +89,45 @@ pub enum Response {
     /// `#{v => 1, type => pong}`.
     Pong,
     /// `#{v => 1, type => find_node_reply, nodes => [NodeInfo]}`.
-    Nodes { nodes: Vec<NodeInfo> },
+    Nodes {
+        /// The replier's known nodes closest to the target; the decoder accepts at most
+        /// [`MAX_NODES`].
+        nodes: Vec<NodeInfo>,
+    },
     /// `#{v => 1, type => find_value_reply, result => value, value => [Provider],
     /// nodes => [NodeInfo]}`. Providers are term bytes without version byte (see
     /// [`Request::Store`]); `nodes` may be empty (and may be absent on the wire).
     Value {
+        /// The providers held under the key, each checked by
+        /// [`ProviderRecord::parse`](crate::ProviderRecord::parse) when decoded; at most
+        /// [`MAX_PROVIDERS`].
         providers: Vec<Vec<u8>>,
+        /// The replier's known nodes closest to the key, at most [`MAX_NODES`]; may be empty.
         nodes: Vec<NodeInfo>,
     },
     /// `#{v => 1, type => find_value_reply, result => nodes, nodes => [NodeInfo]}`: a miss.
-    NoValue { nodes: Vec<NodeInfo> },
+    NoValue {
+        /// The replier's known nodes closest to the key, to ask next; at most [`MAX_NODES`].
+        nodes: Vec<NodeInfo>,
+    },
     /// `#{v => 1, type => store_reply, result => ok}`.
     Stored,
     /// `#{v => 1, type => remove_reply, result => ok}`.
     Removed,
     /// `#{v => 1, type => error, reason => Reason}`.
-    Error { reason: ErrorReason },
+    Error {
+        /// Why the request was not answered.
+        reason: ErrorReason,
+    },
 }
 
 /// A node's contact: `#{node_id => <<32 bytes>>, address => <<"ip:port">>}` on the wire, the
 /// address being `"a.b.c.d:port"` or `"[v6]:port"`. IPv6 flow info and scope id are not carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct NodeInfo {
+    /// The node's 32-byte id.
     pub id: NodeId,
+    /// The UDP address the node is reached at over QUIC.
     pub addr: SocketAddr,
 }
 
@@ -120,18 +153,35 @@ pub enum ErrorReason {
 /// Why a frame was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
+    /// The frame is longer than [`MAX_FRAME_BYTES`]; carries its length. Checked before any
+    /// byte is read.
     #[error("frame of {0} bytes exceeds {MAX_FRAME_BYTES}")]
     TooLarge(usize),
+    /// The frame, or a term inside it, is not well-formed bounded ETF (also: bytes after the
+    /// message); carries the reader's reason.
     #[error("malformed ETF: {0}")]
     Etf(#[from] EtfError),
+    /// The message's `v` is an integer other than [`PROTOCOL_VERSION`]; carries it.
     #[error("unsupported protocol version {0}")]
     UnsupportedVersion(u32),
+    /// The `type` atom names no request (when decoding a request) or no reply (when decoding a
+    /// reply).
     #[error("unknown message type")]
     UnknownType,
+    /// The frame is well-formed ETF but not a valid message: a field is missing, duplicated or of
+    /// the wrong shape. Carries what is wrong: a field name (`"key"`, `"address"`, ...) or a
+    /// short description (`"duplicate key"`, `"not a map"`).
     #[error("malformed message: {0}")]
     Malformed(&'static str),
+    /// A binary or list is longer than its cap.
     #[error("{what} exceeds the limit of {max}")]
-    Limit { what: &'static str, max: usize },
+    Limit {
+        /// The field: `"key"`, `"node_id"`, `"address"`, `"value"` or `"nodes"`.
+        what: &'static str,
+        /// The cap: bytes for a binary, elements for a list.
+        max: usize,
+    },
+    /// A provider, in a `store` or a `find_value_reply`, is not a valid provider map.
     #[error("invalid provider: {0}")]
     InvalidProvider(#[from] ProviderError),
 }
