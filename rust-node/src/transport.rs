@@ -116,7 +116,10 @@ impl Default for TransportConfig {
 /// The other side of an inbound request: its verified id and its address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Peer {
+    /// The peer's id, proven by its TLS handshake: SHA-256 of its certificate's Ed25519 key.
     pub id: NodeId,
+    /// The UDP address the request came from: the peer's listening address, since one endpoint
+    /// both dials and accepts.
     pub addr: SocketAddr,
 }
 
@@ -127,6 +130,7 @@ pub struct Peer {
 /// must answer from local data (the architecture forbids inbound requests from triggering
 /// outbound lookups). A reply larger than the frame cap is refused rather than sent.
 pub trait Handler: Send + Sync + 'static {
+    /// The reply frame to the request `frame` (opaque bytes, at most the frame cap) from `peer`.
     fn handle(&self, peer: Peer, frame: Vec<u8>) -> impl Future<Output = Vec<u8>> + Send;
 }
 
@@ -200,13 +204,19 @@ impl std::fmt::Display for Refusal {
 pub enum TransportError {
     /// The UDP socket could not be bound (e.g. the port is in use).
     #[error("cannot bind {addr}: {source}")]
-    Bind { addr: SocketAddr, source: io::Error },
+    Bind {
+        /// The address that was to be bound.
+        addr: SocketAddr,
+        /// The operating system's error.
+        source: io::Error,
+    },
     /// `Endpoint::bind` was called outside a tokio runtime.
     #[error("Endpoint::bind must be called from within a tokio runtime")]
     NoRuntime,
     /// A [`TransportConfig`] value is out of range.
     #[error("invalid transport config: {0}")]
     Config(String),
+    /// The TLS configuration could not be built from the node's identity.
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// The endpoint has been closed.
@@ -217,20 +227,34 @@ pub enum TransportError {
     AlreadyServing,
     /// An outbound frame exceeds `max_frame_bytes`; nothing was sent.
     #[error("frame of {len} bytes exceeds the {max}-byte limit")]
-    FrameTooLarge { len: usize, max: usize },
+    FrameTooLarge {
+        /// Length of the refused frame, in bytes.
+        len: usize,
+        /// The endpoint's [`TransportConfig::max_frame_bytes`].
+        max: usize,
+    },
     /// The peer's reply exceeded `max_frame_bytes`; it was discarded.
     #[error("reply from {addr} exceeds the {max}-byte limit")]
-    ReplyTooLarge { addr: SocketAddr, max: usize },
+    ReplyTooLarge {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// The endpoint's [`TransportConfig::max_frame_bytes`].
+        max: usize,
+    },
     /// The connection could not even be attempted.
     #[error("cannot dial {addr}: {source}")]
     Connect {
+        /// The address dialled.
         addr: SocketAddr,
+        /// quinn's reason (an address it cannot send to, an invalid configuration, ...).
         source: quinn::ConnectError,
     },
     /// The handshake failed or the connection died.
     #[error("connection to {addr} failed: {source}")]
     Connection {
+        /// The peer's address.
         addr: SocketAddr,
+        /// How the handshake or the connection ended (refused, timed out, reset, closed, ...).
         source: ConnectionError,
     },
     /// The peer's certificate is for another id than the caller expected. On a new connection
@@ -239,19 +263,37 @@ pub enum TransportError {
     /// connection it is proven.
     #[error("peer at {addr} is {}, expected {}", id_hex(.actual), id_hex(.expected))]
     IdMismatch {
+        /// The peer's address.
         addr: SocketAddr,
+        /// The id the caller passed as `expect`.
         expected: NodeId,
+        /// The id the peer's certificate stands for.
         actual: NodeId,
     },
     /// The request did not complete within `request_timeout`.
     #[error("request to {addr} timed out after {after:?}")]
-    Timeout { addr: SocketAddr, after: Duration },
+    Timeout {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// The [`TransportConfig::request_timeout`] that ran out.
+        after: Duration,
+    },
     /// The peer reset the stream instead of answering.
     #[error("peer at {addr} refused the request: {refusal}")]
-    Refused { addr: SocketAddr, refusal: Refusal },
+    Refused {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// Why, as given by the stream error code the peer used.
+        refusal: Refusal,
+    },
     /// A stream-level failure that is none of the above.
     #[error("stream to {addr} failed: {reason}")]
-    Stream { addr: SocketAddr, reason: String },
+    Stream {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// A description of the failure, for logs.
+        reason: String,
+    },
 }
 
 impl TransportError {
