@@ -51,6 +51,8 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// rustls refused the configuration: the identity's private key could not be loaded, or the
+    /// crypto provider does not support TLS 1.3.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] RustlsError),
 }
@@ -137,8 +139,10 @@ impl fmt::Debug for TlsContext {
 /// Why a certificate does not identify a node.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CertificateIdError {
+    /// The bytes do not parse as a DER-encoded X.509 certificate.
     #[error("certificate is not valid X.509 DER")]
     Malformed,
+    /// The certificate's SubjectPublicKeyInfo is not a 32-byte Ed25519 key.
     #[error("certificate key is not Ed25519")]
     NotEd25519,
 }
