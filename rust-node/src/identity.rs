@@ -63,16 +63,33 @@ pub struct Identity {
 pub enum IdentityError {
     /// The key file exists but does not hold a PKCS#8 PEM Ed25519 private key.
     #[error("identity file {path} is corrupt: {reason}")]
-    Corrupt { path: PathBuf, reason: String },
+    Corrupt {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with its contents, for humans.
+        reason: String,
+    },
     /// A PEM string handed to [`Identity::from_pkcs8_pem`] is not a PKCS#8 Ed25519 key.
     #[error("invalid identity key: {reason}")]
-    InvalidKey { reason: String },
+    InvalidKey {
+        /// What is wrong with the key, for humans.
+        reason: String,
+    },
     /// Reading or writing the key file failed.
     #[error("identity file {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The key file.
+        path: PathBuf,
+        /// The operating system's error, also for creating the file's directory or temporary
+        /// copy; `NotFound` when [`Identity::load`] finds no file.
+        source: io::Error,
+    },
     /// Key generation or certificate creation failed inside the crypto library.
     #[error("cannot create identity: {reason}")]
-    Crypto { reason: String },
+    Crypto {
+        /// The crypto library's message.
+        reason: String,
+    },
 }
 
 impl Identity {
