@@ -55,26 +55,39 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum CtlRequest {
+    /// Advertise a service from this node and keep republishing it, as [`Node::advertise`] (or
+    /// publish it once); answered with [`CtlResponse::Published`].
     Advertise {
+        /// The service name; its DHT key is the SHA-256 of it.
         service: String,
+        /// Where clients reach the service (such as `https://h:9443`), stored in the provider map.
         endpoint: String,
+        /// How long the record lives without a refresh, in seconds; [`DEFAULT_TTL_SECS`] when
+        /// absent.
         #[serde(default = "default_ttl")]
         ttl: u32,
+        /// Free-form string pairs stored with the provider; empty when absent.
         #[serde(default)]
         metadata: BTreeMap<String, String>,
         /// Publish once, without republishing (the record expires after `ttl`).
         #[serde(default)]
         once: bool,
     },
+    /// Stop advertising a service, as [`Node::withdraw`]; answered with
+    /// [`CtlResponse::Published`], counting the REMOVEs sent and acknowledged.
     Remove {
+        /// The service name, as given to `advertise`.
         service: String,
     },
     /// The providers of a service as this node finds them: its own store, then a lookup.
     Discover {
+        /// The service name.
         service: String,
+        /// How many providers are enough to end the lookup; 1 when absent.
         #[serde(default = "one")]
         want: usize,
     },
+    /// A snapshot of the node's state; answered with [`CtlResponse::Status`].
     Status,
 }
 
@@ -90,26 +103,49 @@ fn default_ttl() -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum CtlResponse {
+    /// An `advertise` or `remove` was sent: the key, and how many of its closest nodes
+    /// acknowledged.
     Published(Published),
+    /// The reply to `status`.
     Status(Status),
-    Providers { providers: Vec<ProviderView> },
-    Error { message: String },
+    /// The reply to `discover`.
+    Providers {
+        /// The providers found, this node's own store first; empty when none was found.
+        providers: Vec<ProviderView>,
+    },
+    /// The request could not be read, or the node failed to carry it out.
+    Error {
+        /// Why, for humans.
+        message: String,
+    },
 }
 
 /// Why the control socket could not be set up or used.
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
+    /// Creating, binding, connecting to or talking over the socket failed (a client that waits
+    /// longer than [`CLIENT_TIMEOUT`] for the reply gets this too).
     #[error("control socket {path}: {source}")]
     Io {
+        /// The socket's path.
         path: PathBuf,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// A node is already listening on the socket at this path.
     #[error("control socket {0} is in use by a running node")]
     InUse(PathBuf),
+    /// Something other than a socket exists at this path; it is left alone.
     #[error("{0} exists and is not a socket; not touching it")]
     NotASocket(PathBuf),
+    /// The request could not be encoded, or the reply is missing or is not a [`CtlResponse`].
     #[error("control socket {path}: bad reply: {reason}")]
-    Protocol { path: PathBuf, reason: String },
+    Protocol {
+        /// The socket's path.
+        path: PathBuf,
+        /// What was wrong, for humans.
+        reason: String,
+    },
 }
 
 /// A listening control socket. Dropping it stops serving and removes the socket file.
@@ -153,6 +189,7 @@ impl CtlServer {
         })
     }
 
+    /// Where the socket listens; the file is removed when the server is dropped.
     pub fn path(&self) -> &Path {
         &self.path
     }
