@@ -40,17 +40,23 @@ pub(super) struct NewRecord<'a> {
 /// A stored record, borrowed from its entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Record<'a> {
+    /// When the record expires, in ms (the store's `now_ms` clock).
     pub expires_at: u64,
+    /// The provider's term bytes, without version byte.
     pub term: &'a [u8],
+    /// The `node_id` binary inside `term`, if the provider has one.
     pub node_id: Option<&'a [u8]>,
 }
 
 /// What [`KeyEntry::upsert`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Upsert {
+    /// A record with the same `node_id` was replaced in place.
     Replaced {
+        /// Term length of the record replaced, in bytes.
         old_term_len: usize,
     },
+    /// The record was added first.
     Inserted,
     /// The key already holds the maximum number of records; nothing changed.
     Full,
@@ -59,7 +65,9 @@ pub(super) enum Upsert {
 /// What [`KeyEntry::purge_expired`] removed, and when the key next needs a pass.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Purged {
+    /// Records removed.
     pub records: usize,
+    /// Term bytes of the records removed.
     pub term_bytes: usize,
     /// The earliest expiry left; `None` when the entry is now empty.
     pub next_expiry: Option<u64>,
@@ -90,10 +98,12 @@ impl<'a> NewRecord<'a> {
         })
     }
 
+    /// When the record will expire, in ms.
     pub fn expires_at(&self) -> u64 {
         self.expires_at
     }
 
+    /// Length of the term, in bytes without version byte.
     pub fn term_len(&self) -> usize {
         self.term.len()
     }
@@ -133,23 +143,27 @@ impl KeyEntry {
         Some(KeyEntry(buf.into_boxed_slice()))
     }
 
+    /// The DHT key.
     pub fn key(&self) -> &[u8] {
         self.0
             .get(ENTRY_HEADER..self.records_start())
             .unwrap_or_default()
     }
 
+    /// When the key next needs an expiry pass, in ms; never later than its earliest expiry.
     pub fn scheduled(&self) -> u64 {
         // An entry always starts with its header; 0 would only mean "due now".
         self.0.first_chunk().map_or(0, |b| u64::from_le_bytes(*b))
     }
 
+    /// Sets the next expiry pass; the caller pushes the matching entry on the expiry index.
     pub fn set_scheduled(&mut self, at: u64) {
         if let Some(b) = self.0.first_chunk_mut() {
             *b = at.to_le_bytes();
         }
     }
 
+    /// Whether no record is left (the store then removes the key).
     pub fn is_empty(&self) -> bool {
         self.0.len() <= self.records_start()
     }

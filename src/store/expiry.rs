@@ -23,6 +23,7 @@ pub(super) struct ExpiryIndex {
 }
 
 impl ExpiryIndex {
+    /// Schedules a pass at `at` (ms) for the key whose hash is `hash`.
     pub fn push(&mut self, at: u64, hash: u64) {
         self.heap.push(Reverse((at, hash)));
     }
@@ -37,6 +38,7 @@ impl ExpiryIndex {
         self.heap.pop().map(|Reverse(entry)| entry)
     }
 
+    /// Entries held, stale ones included.
     pub fn len(&self) -> usize {
         self.heap.len()
     }

@@ -16,6 +16,7 @@ use crate::etf::{self, tag, EtfError, Scalar};
 use crate::id::{NodeId, ID_LEN};
 use crate::provider::ProviderRecord;
 
+/// Parses an untrusted request frame; see [`Request::decode`].
 pub(super) fn request(frame: &[u8]) -> Result<Request, WireError> {
     let msg = Message::parse(frame)?;
     Ok(match msg.type_name()? {
@@ -38,6 +39,7 @@ pub(super) fn request(frame: &[u8]) -> Result<Request, WireError> {
     })
 }
 
+/// Parses an untrusted reply frame; see [`Response::decode`].
 pub(super) fn response(frame: &[u8]) -> Result<Response, WireError> {
     let msg = Message::parse(frame)?;
     Ok(match msg.type_name()? {

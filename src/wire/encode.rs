@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use super::{NodeInfo, Request, Response, PROTOCOL_VERSION};
 use crate::etf::Writer;
 
+/// The frame of a request; see [`Request::encode`].
 pub(super) fn request(req: &Request) -> Vec<u8> {
     let mut w = Writer::new();
     match req {
@@ -46,6 +47,7 @@ pub(super) fn request(req: &Request) -> Vec<u8> {
     w.into_bytes()
 }
 
+/// The frame of a reply; see [`Response::encode`].
 pub(super) fn response(resp: &Response) -> Vec<u8> {
     let mut w = Writer::new();
     match resp {
