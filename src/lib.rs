@@ -12,17 +12,27 @@
 //! - [`lookup`]: the iterative lookup state machine.
 //! - [`wire`]: the versioned request/response messages nodes exchange, as bounded ETF.
 
+pub mod dht;
 pub mod etf;
 pub mod id;
 pub mod lookup;
 pub mod provider;
+pub mod record;
+pub mod settings;
 pub mod store;
 pub mod table;
+pub mod time;
 pub mod wire;
 
+pub use dht::{
+    Action, Dht, DhtConfig, Event, Failure, FailureKind, LookupReport, OpId, Outgoing, Published,
+    Reply, RpcId, StoreAccess,
+};
 pub use etf::EtfError;
 pub use id::{Distance, NodeId, ID_LEN};
 pub use lookup::{FoundProvider, Lookup, LookupConfig, Outcome};
 pub use provider::{ProviderError, ProviderRecord};
+pub use settings::{Setting, SettingError};
 pub use store::{Listed, ProviderStore, StoreError, StoreLimits, StoreStats, Upserted};
 pub use table::{Inserted, Removed, RoutingTable, TableConfig};
+pub use time::Time;

@@ -25,9 +25,7 @@ use std::time::Duration;
 use macula_dht::etf;
 use macula_dht::wire::NodeInfo;
 use macula_dht_node::config::resolve_addr;
-use macula_dht_node::{
-    Event, Host, Identity, LookupKind, LookupSummary, NodeConfig, TransportConfig,
-};
+use macula_dht_node::{DhtConfig, Event, Host, Identity, LookupKind, LookupSummary, NodeConfig};
 use rustler::env::{OwnedEnv, SavedTerm};
 use rustler::types::tuple::make_tuple;
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, Resource, ResourceArc, Term};
@@ -196,13 +194,13 @@ impl Settings {
             usize::try_from(int(key)?).map_err(|_| format!("{key:?} is too large"))
         };
         let config = NodeConfig {
-            k: size(atoms::k())?,
-            alpha: size(net_atoms::alpha())?,
-            replacements: size(atoms::replacements())?,
-            lookup_timeout: Duration::from_millis(int(net_atoms::lookup_timeout_ms())?),
-            transport: TransportConfig {
+            dht: DhtConfig {
+                k: size(atoms::k())?,
+                alpha: size(net_atoms::alpha())?,
+                replacements: size(atoms::replacements())?,
+                lookup_timeout: Duration::from_millis(int(net_atoms::lookup_timeout_ms())?),
                 request_timeout: Duration::from_millis(int(net_atoms::request_timeout_ms())?),
-                ..TransportConfig::default()
+                ..DhtConfig::default()
             },
             ..NodeConfig::default()
         };
@@ -475,34 +473,35 @@ fn send(pid: &LocalPid, message: impl for<'a> FnOnce(Env<'a>) -> Term<'a>) {
     });
 }
 
-/// Mirrors peers into the Erlang table and passes events on to `owner` while `on` is set.
+/// Mirrors peers into the Erlang table and passes peer and lookup events on to `owner` while
+/// `on` is set. The other events (publishes, troubles) are the runtime's log lines and counters.
 fn event_sink(owner: LocalPid, table: Table, on: Arc<AtomicBool>) -> macula_dht_node::EventSink {
     Arc::new(move |event: Event| {
-        let wanted = on.load(Ordering::Acquire);
         match &event {
             Event::PeerUp(peer) => mirror_up(&table, peer),
             Event::PeerDown(peer) => {
                 table.write().remove(&peer.id);
             }
-            Event::Lookup(_) => {}
+            _ => {}
         }
-        if !wanted {
-            return;
+        if on.load(Ordering::Acquire) {
+            OwnedEnv::new().run(|env| {
+                if let Some(term) = event_term(env, &event) {
+                    let _ = env.send(&owner, (net_atoms::macula_dht_net(), term).encode(env));
+                }
+            });
         }
-        send(&owner, |env| {
-            let event = match &event {
-                Event::PeerUp(peer) => {
-                    (net_atoms::peer_up(), node_info(env, peer, None)).encode(env)
-                }
-                Event::PeerDown(peer) => {
-                    (net_atoms::peer_down(), node_info(env, peer, None)).encode(env)
-                }
-                Event::Lookup(summary) => {
-                    (net_atoms::lookup(), lookup_summary(env, summary)).encode(env)
-                }
-            };
-            (net_atoms::macula_dht_net(), event).encode(env)
-        });
+    })
+}
+
+/// `{peer_up | peer_down, NodeInfo}` or `{lookup, Summary}`; `None` for events Erlang is not
+/// sent.
+fn event_term<'a>(env: Env<'a>, event: &Event) -> Option<Term<'a>> {
+    Some(match event {
+        Event::PeerUp(peer) => (net_atoms::peer_up(), node_info(env, peer, None)).encode(env),
+        Event::PeerDown(peer) => (net_atoms::peer_down(), node_info(env, peer, None)).encode(env),
+        Event::Lookup(summary) => (net_atoms::lookup(), lookup_summary(env, summary)).encode(env),
+        _ => return None,
     })
 }
 

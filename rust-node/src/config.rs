@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use macula_dht::{settings, SettingError};
 use serde::Deserialize;
 
 use crate::node::NodeConfig;
@@ -50,6 +51,10 @@ pub enum ConfigError {
     Address { value: String, reason: String },
     #[error("invalid advertisement {value:?}: {reason}")]
     Advertise { value: String, reason: String },
+    /// A setting out of its range, named.
+    #[error(transparent)]
+    Setting(#[from] SettingError),
+    /// A value that is not one of those accepted.
     #[error("invalid setting: {0}")]
     Invalid(String),
 }
@@ -167,25 +172,18 @@ impl RunOptions {
             )));
         }
         let mut node = NodeConfig::default();
+        let dht = &mut node.dht;
         if let Some(k) = self.k {
-            node.k = k;
+            dht.k = settings::K.check_usize(k)?;
         }
         if let Some(alpha) = self.alpha {
-            node.alpha = alpha;
+            dht.alpha = settings::ALPHA.check_usize(alpha)?;
         }
         if let Some(ms) = self.request_timeout_ms {
-            node.transport.request_timeout = positive_ms("request_timeout_ms", ms)?;
+            dht.request_timeout = Duration::from_millis(settings::REQUEST_TIMEOUT_MS.check(ms)?);
         }
         if let Some(ms) = self.lookup_timeout_ms {
-            node.lookup_timeout = positive_ms("lookup_timeout_ms", ms)?;
-        }
-        if !(1..=64).contains(&node.k) {
-            return Err(ConfigError::Invalid("k must be between 1 and 64".into()));
-        }
-        if !(1..=64).contains(&node.alpha) {
-            return Err(ConfigError::Invalid(
-                "alpha must be between 1 and 64".into(),
-            ));
+            dht.lookup_timeout = Duration::from_millis(settings::LOOKUP_TIMEOUT_MS.check(ms)?);
         }
         Ok(RunSettings {
             listen,
@@ -210,14 +208,6 @@ pub struct RunSettings {
     pub ctl: Option<PathBuf>,
     pub log: String,
     pub node: NodeConfig,
-}
-
-/// `ms` milliseconds, refused when zero.
-fn positive_ms(name: &str, ms: u64) -> Result<Duration, ConfigError> {
-    if ms == 0 {
-        return Err(ConfigError::Invalid(format!("{name} must be positive")));
-    }
-    Ok(Duration::from_millis(ms))
 }
 
 /// `ip:port`, `[v6]:port`, or `host:port` (resolved once, first address).
@@ -287,8 +277,8 @@ mod tests {
         let s = flags.over(file).resolve().unwrap();
         assert_eq!(s.listen, "127.0.0.1:5".parse().unwrap());
         assert_eq!(s.bootstrap, vec!["127.0.0.1:2".parse().unwrap()]);
-        assert_eq!((s.node.k, s.node.alpha), (8, 4));
-        assert_eq!(s.node.lookup_timeout, Duration::from_millis(750));
+        assert_eq!((s.node.dht.k, s.node.dht.alpha), (8, 4));
+        assert_eq!(s.node.dht.lookup_timeout, Duration::from_millis(750));
     }
 
     #[test]
@@ -305,15 +295,16 @@ mod tests {
             k: Some(0),
             ..RunOptions::default()
         };
-        assert!(k0.resolve().is_err());
+        assert!(matches!(k0.resolve(), Err(ConfigError::Setting(e)) if e.setting() == "k"));
         let no_time = RunOptions {
             listen: Some("127.0.0.1:0".into()),
             lookup_timeout_ms: Some(0),
             ..RunOptions::default()
         };
-        assert!(
-            matches!(no_time.resolve(), Err(ConfigError::Invalid(m)) if m.contains("lookup_timeout_ms"))
-        );
+        assert!(matches!(
+            no_time.resolve(),
+            Err(ConfigError::Setting(e)) if e.setting() == "lookup_timeout_ms"
+        ));
         let bad_addr = RunOptions {
             listen: Some("nonsense".into()),
             ..RunOptions::default()

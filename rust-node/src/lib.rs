@@ -18,21 +18,20 @@
 
 pub mod config;
 pub mod ctl;
-mod holders;
 pub mod identity;
 pub mod node;
 pub mod record;
 pub mod shared_store;
 pub mod testnet;
 pub mod tls;
-mod tombstones;
 pub mod transport;
 
 pub use identity::{id_hex, node_id_from_public_key, Identity, IdentityError};
+pub use macula_dht::DhtConfig;
 pub use macula_dht::NodeId;
 pub use node::{
     Event, EventSink, Host, LookupKind, LookupReport, LookupSummary, Node, NodeConfig, NodeError,
-    Published, Status,
+    Published, Status, Trouble,
 };
 pub use record::{service_key, Advertisement, Provider};
 pub use shared_store::SharedStore;

@@ -301,10 +301,8 @@ fn discover(args: DiscoverArgs) -> Result<ExitCode, Failure> {
             Some(SocketAddr::V6(_)) => SocketAddr::from(([0u16; 8], 0)),
             _ => SocketAddr::from(([0, 0, 0, 0], 0)),
         };
-        let config = NodeConfig {
-            serve: false,
-            ..NodeConfig::default()
-        };
+        let mut config = NodeConfig::default();
+        config.dht.serve = false;
         let node = Node::start(&identity, bind, config).await?;
         let lookup = async {
             node.contact(&bootstrap).await?;

@@ -11,12 +11,13 @@
 
 use std::time::Instant;
 
-use macula_dht::{ProviderStore, StoreLimits};
+use macula_dht::{ProviderStore, StoreAccess, StoreLimits, Time};
 use parking_lot::{RwLock, RwLockReadGuard};
 
 /// Called with the key of every write, under the store's write lock.
 pub type WriteHook = Box<dyn Fn(&[u8]) + Send + Sync>;
 
+/// A node's provider store and clock, shared between the runtime and its host.
 pub struct SharedStore {
     store: RwLock<ProviderStore>,
     clock: Instant,
@@ -24,6 +25,7 @@ pub struct SharedStore {
 }
 
 impl SharedStore {
+    /// An empty store with these limits; its clock starts now.
     pub fn new(limits: StoreLimits) -> SharedStore {
         SharedStore {
             store: RwLock::new(ProviderStore::new(limits)),
@@ -40,14 +42,19 @@ impl SharedStore {
         }
     }
 
-    /// Milliseconds on the store's monotonic clock (never 0): the time every read, write and
-    /// expiry of this store runs on.
-    pub fn now_ms(&self) -> u64 {
-        u64::try_from(self.clock.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .saturating_add(1)
+    /// The time on the store's monotonic clock: the one clock every read, write and expiry of
+    /// this store, and the engine of the node that serves it, run on. Never below 1 ms.
+    pub fn now(&self) -> Time {
+        let elapsed = u64::try_from(self.clock.elapsed().as_micros()).unwrap_or(u64::MAX);
+        Time::from_micros(elapsed.saturating_add(1_000))
     }
 
+    /// [`SharedStore::now`] in milliseconds (never 0).
+    pub fn now_ms(&self) -> u64 {
+        self.now().as_millis()
+    }
+
+    /// The store, read-locked.
     pub fn read(&self) -> RwLockReadGuard<'_, ProviderStore> {
         self.store.read()
     }
@@ -65,6 +72,21 @@ impl SharedStore {
     /// Purges expired records. Not hooked: derived data carries its own expiry.
     pub fn expire(&self, now_ms: u64) -> usize {
         self.store.write().expire(now_ms)
+    }
+}
+
+/// The engine reaches a shared store through its locks, one operation at a time.
+impl StoreAccess for &SharedStore {
+    fn read<R>(&self, read: impl FnOnce(&ProviderStore) -> R) -> R {
+        read(&SharedStore::read(self))
+    }
+
+    fn write<R>(&mut self, key: &[u8], write: impl FnOnce(&mut ProviderStore) -> R) -> R {
+        SharedStore::write(self, key, write)
+    }
+
+    fn expire(&mut self, now_ms: u64) -> usize {
+        SharedStore::expire(self, now_ms)
     }
 }
 

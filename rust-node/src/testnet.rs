@@ -21,7 +21,7 @@ impl Testnet {
         let loopback: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut nodes = Vec::with_capacity(n.max(1));
         for i in 0..n.max(1) {
-            let identity = Identity::generate().map_err(|e| NodeError::Config(e.to_string()))?;
+            let identity = Identity::generate()?;
             let node = Node::start(&identity, loopback, config.clone()).await?;
             if i > 0 {
                 node.bootstrap(&[nodes_first_addr(&nodes)]).await?;

@@ -49,10 +49,9 @@ async fn hosted(config: NodeConfig, store: Arc<SharedStore>) -> (Node, Arc<Mutex
 
 /// Replication to the 2 closest only, so that which nodes are the closest matters.
 fn narrow_config() -> NodeConfig {
-    NodeConfig {
-        k: 2,
-        ..fast_config()
-    }
+    let mut config = fast_config();
+    config.dht.k = 2;
+    config
 }
 
 /// The nodes other than `publisher` that hold a record under `key`.
@@ -181,14 +180,9 @@ async fn raw_records_are_replicated_and_removed_everywhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lookup_through_a_silent_peer_ends_at_its_timeout() {
-    let config = NodeConfig {
-        lookup_timeout: Duration::from_millis(400),
-        transport: TransportConfig {
-            request_timeout: Duration::from_secs(30),
-            ..TransportConfig::default()
-        },
-        ..fast_config()
-    };
+    let mut config = fast_config();
+    config.dht.lookup_timeout = Duration::from_millis(400);
+    config.dht.request_timeout = Duration::from_secs(30);
     let peer = Node::start(&Identity::generate().unwrap(), loopback(), fast_config())
         .await
         .unwrap();

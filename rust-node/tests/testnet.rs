@@ -8,9 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use macula_dht::wire::{Request, Response};
-use macula_dht_node::{
-    service_key, Endpoint, Identity, Node, NodeConfig, Testnet, TransportConfig,
-};
+use macula_dht_node::{service_key, Endpoint, Identity, Node, Testnet, TransportConfig};
 use support::{eventually, fast_config};
 
 const NODES: usize = 10;
@@ -21,10 +19,8 @@ fn meta() -> BTreeMap<String, String> {
 
 /// A one-shot client (serves nothing, stores nothing) knowing only `bootstrap`.
 async fn client(bootstrap: SocketAddr) -> Node {
-    let config = NodeConfig {
-        serve: false,
-        ..fast_config()
-    };
+    let mut config = fast_config();
+    config.dht.serve = false;
     let node = Node::start(
         &Identity::generate().unwrap(),
         "127.0.0.1:0".parse().unwrap(),

@@ -6,17 +6,17 @@ pub mod procs;
 use std::future::Future;
 use std::time::Duration;
 
-use macula_dht_node::{NodeConfig, TransportConfig};
+use macula_dht_node::{DhtConfig, NodeConfig};
 
 /// Production settings with short timers, so expiry and republish show within seconds.
 pub fn fast_config() -> NodeConfig {
     NodeConfig {
-        tick: Duration::from_millis(100),
-        refresh_interval: Duration::from_secs(5),
-        republish_floor: Duration::from_secs(1),
-        transport: TransportConfig {
+        dht: DhtConfig {
+            tick: Duration::from_millis(100),
+            refresh_interval: Duration::from_secs(5),
+            republish_floor: Duration::from_secs(1),
             request_timeout: Duration::from_millis(1000),
-            ..TransportConfig::default()
+            ..DhtConfig::default()
         },
         ..NodeConfig::default()
     }

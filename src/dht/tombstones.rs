@@ -25,7 +25,7 @@ struct Tomb {
 
 /// Bounded set of tombstones.
 #[derive(Debug)]
-pub struct Tombstones {
+pub(crate) struct Tombstones {
     by_id: HashMap<Id, Tomb>,
     /// `(until_ms, key, node_id)`, for purging and for evicting the one that ends first.
     by_end: BTreeSet<(u64, Vec<u8>, Vec<u8>)>,
@@ -34,7 +34,7 @@ pub struct Tombstones {
 
 impl Tombstones {
     /// A set holding at most `capacity` tombstones (at least 1).
-    pub fn new(capacity: usize) -> Tombstones {
+    pub(crate) fn new(capacity: usize) -> Tombstones {
         Tombstones {
             by_id: HashMap::new(),
             by_end: BTreeSet::new(),
@@ -45,7 +45,7 @@ impl Tombstones {
     /// Records that `node_id`'s provider under `key` was removed at `removed_at` (Unix seconds)
     /// and that copies must be refused until `until_ms`. An existing tombstone is extended, never
     /// shortened.
-    pub fn insert(&mut self, key: &[u8], node_id: &[u8], until_ms: u64, removed_at: u64) {
+    pub(crate) fn insert(&mut self, key: &[u8], node_id: &[u8], until_ms: u64, removed_at: u64) {
         let id = (key.to_vec(), node_id.to_vec());
         let tomb = match self.by_id.get(&id) {
             Some(old) => {
@@ -74,7 +74,7 @@ impl Tombstones {
     /// Whether a STORE of `node_id`'s provider under `key`, advertised at `advertised_at`, must
     /// be dropped at `now_ms`: a tombstone stands and the record is not newer than the removal
     /// (a record without `advertised_at` is taken as old).
-    pub fn blocks(
+    pub(crate) fn blocks(
         &self,
         key: &[u8],
         node_id: &[u8],
@@ -91,7 +91,7 @@ impl Tombstones {
     }
 
     /// Forgets the tombstone of `(key, node_id)` (the owner advertises it again).
-    pub fn clear(&mut self, key: &[u8], node_id: &[u8]) {
+    pub(crate) fn clear(&mut self, key: &[u8], node_id: &[u8]) {
         if let Some(tomb) = self.by_id.remove(&(key.to_vec(), node_id.to_vec())) {
             self.by_end
                 .remove(&(tomb.until_ms, key.to_vec(), node_id.to_vec()));
@@ -99,7 +99,7 @@ impl Tombstones {
     }
 
     /// Drops the tombstones that ended at or before `now_ms`; returns how many.
-    pub fn purge(&mut self, now_ms: u64) -> usize {
+    pub(crate) fn purge(&mut self, now_ms: u64) -> usize {
         let mut purged = 0;
         while let Some(first) = self.by_end.first() {
             if first.0 > now_ms {
@@ -111,7 +111,7 @@ impl Tombstones {
         purged
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.by_id.len()
     }
 

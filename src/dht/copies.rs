@@ -11,13 +11,13 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use macula_dht::wire::NodeInfo;
+use crate::wire::NodeInfo;
 
 /// (key, provider `node_id`).
 type RecordId = (Vec<u8>, Vec<u8>);
 
 #[derive(Debug)]
-pub struct Holders {
+pub(crate) struct Copies {
     records: HashMap<RecordId, Vec<NodeInfo>>,
     /// Insertion order of `records`, for forgetting the oldest.
     order: VecDeque<RecordId>,
@@ -25,9 +25,9 @@ pub struct Holders {
     max_nodes: usize,
 }
 
-impl Holders {
-    pub fn new(max_records: usize, max_nodes: usize) -> Holders {
-        Holders {
+impl Copies {
+    pub(crate) fn new(max_records: usize, max_nodes: usize) -> Copies {
+        Copies {
             records: HashMap::new(),
             order: VecDeque::new(),
             max_records,
@@ -36,7 +36,7 @@ impl Holders {
     }
 
     /// Notes that `nodes` took a copy of the record; the most recent `max_nodes` are kept.
-    pub fn add(&mut self, key: &[u8], node_id: &[u8], nodes: &[NodeInfo]) {
+    pub(crate) fn add(&mut self, key: &[u8], node_id: &[u8], nodes: &[NodeInfo]) {
         let id = (key.to_vec(), node_id.to_vec());
         if !self.records.contains_key(&id) {
             while self.records.len() >= self.max_records {
@@ -56,12 +56,12 @@ impl Holders {
         held.drain(..excess);
     }
 
-    pub fn contains(&self, key: &[u8], node_id: &[u8]) -> bool {
+    pub(crate) fn contains(&self, key: &[u8], node_id: &[u8]) -> bool {
         self.records.contains_key(&(key.to_vec(), node_id.to_vec()))
     }
 
     /// Forgets the record and returns the nodes that took a copy.
-    pub fn take(&mut self, key: &[u8], node_id: &[u8]) -> Vec<NodeInfo> {
+    pub(crate) fn take(&mut self, key: &[u8], node_id: &[u8]) -> Vec<NodeInfo> {
         let id = (key.to_vec(), node_id.to_vec());
         let held = self.records.remove(&id).unwrap_or_default();
         if !held.is_empty() {
@@ -73,7 +73,7 @@ impl Holders {
 
 #[cfg(test)]
 mod tests {
-    use macula_dht::NodeId;
+    use crate::NodeId;
 
     use super::*;
 
@@ -86,22 +86,22 @@ mod tests {
 
     #[test]
     fn copies_are_remembered_per_record_within_bounds() {
-        let mut holders = Holders::new(2, 3);
-        holders.add(b"k", b"p", &[node(1), node(2)]);
-        holders.add(b"k", b"p", &[node(2), node(3), node(4)]);
-        assert!(holders.contains(b"k", b"p"));
-        let ids: Vec<u8> = holders.take(b"k", b"p").iter().map(|n| n.id.0[0]).collect();
+        let mut copies = Copies::new(2, 3);
+        copies.add(b"k", b"p", &[node(1), node(2)]);
+        copies.add(b"k", b"p", &[node(2), node(3), node(4)]);
+        assert!(copies.contains(b"k", b"p"));
+        let ids: Vec<u8> = copies.take(b"k", b"p").iter().map(|n| n.id.0[0]).collect();
         assert_eq!(ids, [2, 3, 4], "the most recent three, each once");
-        assert!(!holders.contains(b"k", b"p"));
-        assert!(holders.take(b"k", b"p").is_empty());
+        assert!(!copies.contains(b"k", b"p"));
+        assert!(copies.take(b"k", b"p").is_empty());
 
-        holders.add(b"a", b"p", &[node(1)]);
-        holders.add(b"b", b"p", &[node(1)]);
-        holders.add(b"c", b"p", &[node(1)]);
+        copies.add(b"a", b"p", &[node(1)]);
+        copies.add(b"b", b"p", &[node(1)]);
+        copies.add(b"c", b"p", &[node(1)]);
         assert!(
-            !holders.contains(b"a", b"p"),
+            !copies.contains(b"a", b"p"),
             "the oldest record is forgotten"
         );
-        assert!(holders.contains(b"b", b"p") && holders.contains(b"c", b"p"));
+        assert!(copies.contains(b"b", b"p") && copies.contains(b"c", b"p"));
     }
 }
