@@ -1,0 +1,574 @@
+//! An in-memory network of DHT nodes on a virtual clock.
+//!
+//! Each node is the engine's [`Dht`] with a [`ProviderStore`] of its own: the same state
+//! machines the runtime drives over QUIC, driven here by a queue of timed deliveries instead of
+//! sockets and timers. Messages take a per-pair latency and may be lost; nodes join, crash and
+//! leave. Everything random comes from one seed, and simultaneous deliveries run in the order
+//! they were scheduled, so one seed gives one outcome: a test can assert exact figures, and
+//! thousands of virtual seconds cost milliseconds.
+//!
+//! Messages are passed as decoded [`Request`]/[`Response`] values (the codec has its own tests
+//! and fuzzing); a request to a crashed node, or a lost message, is simply never answered, and
+//! the sender's engine fails it at its deadline as a real node would.
+
+#![warn(missing_docs)]
+
+mod link;
+mod rng;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use macula_dht::dht::{Action, Event, Outcome, Reply, Started};
+use macula_dht::record::{service_key, Advertisement, Provider};
+use macula_dht::wire::{NodeInfo, Request, Response};
+use macula_dht::{Dht, DhtConfig, NodeId, OpId, ProviderStore, RpcId, StoreLimits, Time};
+
+pub use link::Links;
+pub use rng::Rng;
+
+/// Unix time of the virtual clock's origin: 2026-01-01.
+const UNIX_ORIGIN_US: u64 = 1_767_225_600_000_000;
+
+/// Settings of a simulated network.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Seeds every random choice: node ids, latencies, losses, the nodes' own randomness.
+    pub seed: u64,
+    /// The config of every node.
+    pub dht: DhtConfig,
+    /// The store limits of every node.
+    pub store: StoreLimits,
+    /// Round-trip times between pairs of nodes, and message loss.
+    pub links: Links,
+}
+
+impl Default for SimConfig {
+    fn default() -> SimConfig {
+        SimConfig {
+            seed: 1,
+            dht: DhtConfig::default(),
+            store: StoreLimits::default(),
+            links: Links::default(),
+        }
+    }
+}
+
+/// One simulated node.
+#[derive(Debug)]
+pub struct SimNode {
+    /// Its DHT state machine.
+    pub dht: Dht,
+    /// Its provider store.
+    pub store: ProviderStore,
+    alive: bool,
+    /// The wake-up scheduled for it, if any (others in the queue are stale).
+    wake: Option<Time>,
+    /// Withdrawals that must end before a leaving node goes.
+    leaving: Option<Vec<OpId>>,
+}
+
+impl SimNode {
+    /// Whether it runs (not crashed, not gone).
+    pub fn is_alive(&self) -> bool {
+        self.alive
+    }
+
+    /// Its address in the network.
+    pub fn id(&self) -> NodeId {
+        self.dht.id()
+    }
+}
+
+/// Counters of what crossed the network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Requests sent.
+    pub requests: u64,
+    /// Replies sent.
+    pub replies: u64,
+    /// Messages lost on the way.
+    pub lost: u64,
+    /// Requests that reached a crashed or departed node.
+    pub unanswered: u64,
+    /// Peers entering a routing table.
+    pub peer_ups: u64,
+    /// Peers leaving a routing table.
+    pub peer_downs: u64,
+    /// Lookups ended.
+    pub lookups: u64,
+    /// Background troubles reported.
+    pub troubles: u64,
+}
+
+#[derive(Debug)]
+struct Scheduled {
+    at: Time,
+    /// Order of scheduling: what is due at the same time is delivered in this order.
+    seq: u64,
+    delivery: Delivery,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Scheduled {}
+
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+#[derive(Debug)]
+enum Delivery {
+    Request {
+        from: usize,
+        to: usize,
+        rpc: RpcId,
+        request: Arc<Request>,
+    },
+    Reply {
+        from: usize,
+        to: usize,
+        rpc: RpcId,
+        response: Response,
+    },
+    Wake {
+        node: usize,
+    },
+}
+
+/// The network: nodes, the virtual clock and what is on its way.
+#[derive(Debug)]
+pub struct Network {
+    config: SimConfig,
+    now: Time,
+    rng: Rng,
+    nodes: Vec<SimNode>,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    seq: u64,
+    outcomes: BTreeMap<(usize, OpId), Outcome>,
+    stats: NetStats,
+}
+
+impl Network {
+    /// An empty network at virtual time 1 s.
+    pub fn new(config: SimConfig) -> Network {
+        Network {
+            rng: Rng::new(config.seed),
+            config,
+            now: Time::from_millis(1_000),
+            nodes: Vec::new(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            outcomes: BTreeMap::new(),
+            stats: NetStats::default(),
+        }
+    }
+
+    /// The virtual time.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// What crossed the network so far.
+    pub fn stats(&self) -> NetStats {
+        self.stats
+    }
+
+    /// Every node ever added, by index (crashed ones included).
+    pub fn nodes(&self) -> &[SimNode] {
+        &self.nodes
+    }
+
+    /// Node `i`.
+    pub fn node(&self, i: usize) -> &SimNode {
+        &self.nodes[i]
+    }
+
+    /// Indices of the nodes that run.
+    pub fn alive(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].alive)
+            .collect()
+    }
+
+    /// The network's random source (for a test's own choices, so they replay too).
+    pub fn rng(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+
+    /// Adds a node with a random id; it knows no one yet. Returns its index.
+    pub fn add_node(&mut self) -> usize {
+        let id = self.rng.id();
+        self.add_node_with_id(id)
+    }
+
+    /// Adds a node with id `id`. Returns its index.
+    pub fn add_node_with_id(&mut self, id: NodeId) -> usize {
+        let seed = self.rng.next_u64();
+        let dht = Dht::new(
+            id,
+            self.config.dht.clone(),
+            self.now,
+            UNIX_ORIGIN_US + self.now.as_micros(),
+            seed,
+        )
+        .expect("the simulation's DhtConfig is valid");
+        self.nodes.push(SimNode {
+            dht,
+            store: ProviderStore::new(self.config.store.clone()),
+            alive: true,
+            wake: None,
+            leaving: None,
+        });
+        let i = self.nodes.len() - 1;
+        self.after_input(i);
+        i
+    }
+
+    /// Node `i` bootstraps through `via`. Returns the command, whose outcome
+    /// [`Network::outcome`] gives once it ended.
+    pub fn join(&mut self, i: usize, via: &[usize]) -> OpId {
+        let addrs: Vec<SocketAddr> = via.iter().map(|&v| addr_of(v)).collect();
+        self.command(i, |dht, store, now| dht.bootstrap(store, &addrs, now))
+    }
+
+    /// Node `i` stops at once: it answers nothing more and its state is kept only for
+    /// inspection.
+    pub fn crash(&mut self, i: usize) {
+        self.nodes[i].alive = false;
+        self.nodes[i].wake = None;
+    }
+
+    /// Node `i` withdraws every service it advertises and goes once those withdrawals ended.
+    pub fn leave(&mut self, i: usize) {
+        let services = self.nodes[i].dht.status().adverts;
+        let mut ops = Vec::new();
+        for service in services {
+            if let Ok(op) = self.command(i, |dht, store, now| dht.withdraw(store, &service, now)) {
+                ops.push(op);
+            }
+        }
+        if ops.is_empty() {
+            self.crash(i);
+        } else {
+            self.nodes[i].leaving = Some(ops);
+        }
+    }
+
+    /// Runs `command` on node `i` at the current time and carries out what it asks for.
+    pub fn command<R>(
+        &mut self,
+        i: usize,
+        command: impl FnOnce(&mut Dht, &mut ProviderStore, Time) -> R,
+    ) -> R {
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        let result = command(&mut node.dht, &mut node.store, now);
+        self.after_input(i);
+        result
+    }
+
+    /// The outcome of node `i`'s command `op`, once it ended (taken: a second call gives `None`).
+    pub fn outcome(&mut self, i: usize, op: OpId) -> Option<Outcome> {
+        self.outcomes.remove(&(i, op))
+    }
+
+    /// Runs a command on node `i` and the network until it ends (or `within` passed).
+    pub fn run_command(
+        &mut self,
+        i: usize,
+        within: Duration,
+        command: impl FnOnce(&mut Dht, &mut ProviderStore, Time) -> OpId,
+    ) -> Option<Outcome> {
+        let op = self.command(i, command);
+        let deadline = self.now + within;
+        while !self.outcomes.contains_key(&(i, op)) {
+            let Some(next) = self.next_at().filter(|at| *at <= deadline) else {
+                break;
+            };
+            self.step(next);
+        }
+        self.outcome(i, op)
+    }
+
+    /// Adds `n` nodes, one every `spacing` of virtual time, each joining through a random node
+    /// already running (the first through none). Returns their indices.
+    pub fn grow(&mut self, n: usize, spacing: Duration) -> Vec<usize> {
+        let mut added = Vec::with_capacity(n);
+        for _ in 0..n {
+            let alive = self.alive();
+            let i = self.add_node();
+            if !alive.is_empty() {
+                let via = alive[self.rng.below(alive.len())];
+                self.join(i, &[via]);
+            }
+            added.push(i);
+            self.run_for(spacing);
+        }
+        added
+    }
+
+    /// Node `i` advertises `service` at `endpoint` for `ttl_secs` and keeps it published.
+    pub fn advertise(&mut self, i: usize, service: &str, endpoint: &str, ttl_secs: u32) -> OpId {
+        let ad = Advertisement {
+            endpoint: endpoint.to_string(),
+            metadata: BTreeMap::new(),
+            ttl_secs,
+        };
+        self.command(i, |dht, store, now| {
+            dht.advertise(store, service, ad, true, now)
+                .expect("a valid advertisement within bounds")
+        })
+    }
+
+    /// Node `i` withdraws `service`.
+    pub fn withdraw(&mut self, i: usize, service: &str) -> OpId {
+        self.command(i, |dht, store, now| {
+            dht.withdraw(store, service, now)
+                .expect("within the bound of commands waiting")
+        })
+    }
+
+    /// The providers of `service` as node `i` finds them: held ones if there are at least
+    /// `want`, else a lookup that stops at `want` (run to the end of the lookup). `None` if the
+    /// lookup did not end within the lookup timeout and a request timeout.
+    pub fn discover(&mut self, i: usize, service: &str, want: usize) -> Option<Vec<Provider>> {
+        let key = service_key(service);
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        let op = match node.dht.providers(&mut node.store, &key, want, now) {
+            Started::Done(held) => {
+                self.after_input(i);
+                return Some(held);
+            }
+            Started::Running(op) => op,
+        };
+        self.after_input(i);
+        let within = self.config.dht.lookup_timeout + self.config.dht.request_timeout;
+        let deadline = self.now + within;
+        while !self.outcomes.contains_key(&(i, op)) {
+            let Some(next) = self.next_at().filter(|at| *at <= deadline) else {
+                break;
+            };
+            self.step(next);
+        }
+        match self.outcome(i, op)? {
+            Outcome::Lookup(report) => Some(report.providers),
+            _ => None,
+        }
+    }
+
+    /// Runs the network for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        while let Some(next) = self.next_at().filter(|at| *at <= until) {
+            self.step(next);
+        }
+        self.now = until;
+    }
+
+    fn next_at(&self) -> Option<Time> {
+        self.queue.peek().map(|Reverse(s)| s.at)
+    }
+
+    /// Delivers the next scheduled thing, at `at`.
+    fn step(&mut self, at: Time) {
+        let Some(Reverse(next)) = self.queue.pop() else {
+            return;
+        };
+        self.now = at.max(self.now);
+        match next.delivery {
+            Delivery::Request {
+                from,
+                to,
+                rpc,
+                request,
+            } => self.deliver_request(from, to, rpc, request),
+            Delivery::Reply {
+                from,
+                to,
+                rpc,
+                response,
+            } => {
+                if self.nodes[to].alive {
+                    let from = self.nodes[from].id();
+                    let now = self.now;
+                    let node = &mut self.nodes[to];
+                    let reply = Reply::Answered {
+                        from,
+                        response: Ok(response),
+                    };
+                    node.dht.handle_reply(&mut node.store, rpc, reply, now);
+                    self.after_input(to);
+                }
+            }
+            Delivery::Wake { node } => {
+                let n = &mut self.nodes[node];
+                if n.alive && n.wake == Some(next.at) {
+                    n.wake = None;
+                    n.dht.handle_timeout(&mut n.store, next.at);
+                    self.after_input(node);
+                }
+            }
+        }
+    }
+
+    fn deliver_request(&mut self, from: usize, to: usize, rpc: RpcId, request: Arc<Request>) {
+        if !self.nodes[to].alive {
+            self.stats.unanswered += 1;
+            return;
+        }
+        let sender = NodeInfo {
+            id: self.nodes[from].id(),
+            addr: addr_of(from),
+        };
+        let now = self.now;
+        let node = &mut self.nodes[to];
+        let request = Arc::try_unwrap(request).unwrap_or_else(|shared| (*shared).clone());
+        let response = node
+            .dht
+            .handle_request(&mut node.store, sender, request, now);
+        self.after_input(to);
+        self.stats.replies += 1;
+        self.transmit(to, from, |at, seq| Scheduled {
+            at,
+            seq,
+            delivery: Delivery::Reply {
+                from: to,
+                to: from,
+                rpc,
+                response,
+            },
+        });
+    }
+
+    /// Schedules a message from `from` to `to` after their one-way latency, unless it is lost.
+    fn transmit(&mut self, from: usize, to: usize, message: impl FnOnce(Time, u64) -> Scheduled) {
+        if self.config.links.lost(&mut self.rng) {
+            self.stats.lost += 1;
+            return;
+        }
+        let at = self.now + self.config.links.rtt(self.config.seed, from, to) / 2;
+        self.seq += 1;
+        self.queue.push(Reverse(message(at, self.seq)));
+    }
+
+    /// Carries out what node `i` asks for after an input, and schedules its next wake-up.
+    fn after_input(&mut self, i: usize) {
+        while let Some(action) = self.nodes[i].dht.poll_action() {
+            match action {
+                Action::Send(out) => {
+                    self.stats.requests += 1;
+                    let Some(to) = index_of(out.addr).filter(|&to| to < self.nodes.len()) else {
+                        continue; // nobody there: it times out
+                    };
+                    let rpc = out.rpc;
+                    let request = out.request;
+                    self.transmit(i, to, |at, seq| Scheduled {
+                        at,
+                        seq,
+                        delivery: Delivery::Request {
+                            from: i,
+                            to,
+                            rpc,
+                            request,
+                        },
+                    });
+                }
+                Action::Event(event) => self.count(&event),
+                Action::Done(op, outcome) => {
+                    self.outcomes.insert((i, op), outcome);
+                    self.settle_leaving(i, op);
+                }
+            }
+        }
+        let node = &mut self.nodes[i];
+        if !node.alive {
+            return;
+        }
+        let wake = node.dht.poll_timeout();
+        if wake != node.wake {
+            node.wake = wake;
+            if let Some(at) = wake {
+                self.seq += 1;
+                self.queue.push(Reverse(Scheduled {
+                    at: at.max(self.now),
+                    seq: self.seq,
+                    delivery: Delivery::Wake { node: i },
+                }));
+            }
+        }
+    }
+
+    fn count(&mut self, event: &Event) {
+        let stats = &mut self.stats;
+        match event {
+            Event::PeerUp(_) => stats.peer_ups += 1,
+            Event::PeerDown(_) => stats.peer_downs += 1,
+            Event::Lookup(_) => stats.lookups += 1,
+            Event::Trouble(_) => stats.troubles += 1,
+            _ => {}
+        }
+    }
+
+    /// A leaving node goes once its last withdrawal ended.
+    fn settle_leaving(&mut self, i: usize, op: OpId) {
+        let Some(ops) = self.nodes[i].leaving.as_mut() else {
+            return;
+        };
+        ops.retain(|o| *o != op);
+        if ops.is_empty() {
+            self.nodes[i].leaving = None;
+            self.outcomes.retain(|(node, _), _| *node != i);
+            self.crash(i);
+        }
+    }
+}
+
+/// The address of node `i`: `10.x.y.z:port`, unique for 2^32 nodes.
+pub fn addr_of(i: usize) -> SocketAddr {
+    let i = i as u64;
+    let ip = Ipv4Addr::from(0x0a00_0000 | (i & 0x00ff_ffff) as u32);
+    SocketAddr::from((ip, 4000 + (i >> 24) as u16))
+}
+
+/// The node at `addr`, if it is a simulated address.
+pub fn index_of(addr: SocketAddr) -> Option<usize> {
+    let SocketAddr::V4(v4) = addr else {
+        return None;
+    };
+    let ip = u32::from(*v4.ip());
+    if ip >> 24 != 0x0a {
+        return None;
+    }
+    let high = u64::from(v4.port().checked_sub(4000)?);
+    Some(((high << 24) | u64::from(ip & 0x00ff_ffff)) as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_map_back_to_indices() {
+        for i in [0, 1, 255, 65_536, (1 << 24) + 3, 100_000] {
+            assert_eq!(index_of(addr_of(i)), Some(i));
+        }
+        assert_eq!(index_of("127.0.0.1:4000".parse().unwrap()), None);
+    }
+}
