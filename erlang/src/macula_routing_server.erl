@@ -317,8 +317,7 @@ network_find_value(_H, _Key, K, _Timeout) ->
 %% What a DHT message may do to this node.
 -spec dispatch_ops(#node{}) -> macula_routing_dispatch:ops().
 dispatch_ops(#node{k = K} = Node) ->
-    #{k => K,
-      closest => fun(Target) -> execute({find_closest, Target, K}, Node) end,
+    #{closest => fun(Target) -> execute({find_closest, Target, K}, Node) end,
       store => fun(Key, Value) -> execute({store, Key, Value}, Node) end,
       lookup => fun(Key) -> execute({get_local, Key}, Node) end}.
 
