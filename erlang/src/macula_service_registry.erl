@@ -307,5 +307,4 @@ stamp_provider(ProviderInfo, TTL) ->
 -spec query_result({ok, [map()]} | {error, term()}) -> {ok, [map()]} | {error, term()}.
 query_result({ok, Providers}) when is_list(Providers) -> {ok, Providers};
 query_result({error, not_found}) -> {ok, []};
-query_result(not_found) -> {ok, []};
 query_result({error, _Reason} = Error) -> Error.
