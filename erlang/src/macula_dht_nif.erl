@@ -14,7 +14,7 @@
 
 -on_load(load/0).
 
--export_type([handle/0, identity_key/0, net_settings/0, address/0, stats/0]).
+-export_type([handle/0, identity_key/0, net_settings/0, address/0, stats/0, put_error/0]).
 
 -define(LIB, "libmacula_dht_nif").
 %% The body of every NIF stub, replaced when the library loads. A direct call, not a helper

@@ -171,10 +171,12 @@ service_key(ServiceId) when is_binary(ServiceId) ->
 %% @doc Stores `ProviderInfo#{ttl => TTL, advertised_at => UnixSeconds}'
 %% under the service key (the server replicates it to its own k closest
 %% peers; `K' is accepted for compatibility and unused). Binary-keyed
-%% `<<"ttl">>' and `<<"advertised_at">>' are replaced by the atom keys.
+%% `<<"ttl">>' and `<<"advertised_at">>' are replaced by the atom keys. A record
+%% the store refuses (too large, over a limit) gives the store's reason.
 -spec publish_to_dht(dht(), service_id(), map(), seconds(), pos_integer()) ->
           ok | {error, dht_not_available | {invalid_service_id, term()}
-                     | {invalid_provider, term()} | {invalid_ttl, term()}}.
+                     | {invalid_provider, term()} | {invalid_ttl, term()}
+                     | macula_dht_nif:put_error()}.
 publish_to_dht(Dht, ServiceId, ProviderInfo, TTL, _K)
   when is_binary(ServiceId), is_map(ProviderInfo), is_integer(TTL), TTL >= 0 ->
     Provider = stamp_provider(ProviderInfo, TTL),
