@@ -23,9 +23,12 @@ test: deps test-rust test-fuzz test-erlang
 test-rust:
 	cargo test --workspace
 
-# EUnit, then the multi-node suites (Common Test), which run rust-node processes beside BEAM VMs.
+# Dialyzer (the application, then the demo modules against it), EUnit, then the multi-node
+# suites (Common Test), which run rust-node processes beside BEAM VMs.
 test-erlang: deps
 	cargo build --release -p macula_dht_node
+	$(REBAR) dialyzer
+	./scripts/dialyzer-demo.escript
 	$(REBAR) eunit
 	cd $(ERLANG_DIR) && MACULA_RUST_NODE=$(CURDIR)/target/release/rust-node rebar3 ct
 

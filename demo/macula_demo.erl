@@ -19,6 +19,12 @@
 -define(CONVERGE_WITHIN, 5000).
 -define(POLL_INTERVAL, 100).
 
+-type node_() :: macula_demo_node:node_().
+-type verdict() :: pass | fail.
+%% What a step found, for its report line.
+-type facts() :: unicode:chardata().
+-type check() :: fun(() -> {verdict(), facts()}).
+
 %% @doc Plays the demo with the `rust-node' binary at `RustNode' and the fresh directory `Dir'
 %% for keys, sockets and logs (removed at the end), then halts.
 -spec main([string()]) -> no_return().
@@ -39,6 +45,7 @@ main([RustNode, Dir]) ->
     end,
     halt(min(Failed, 1)).
 
+-spec steps([node_()]) -> [{string(), check()}].
 steps([Beam1, _Rust1, Beam2, Rust2] = Nodes) ->
     [{"join", fun() -> join(Nodes) end},
      {"advertise", fun() -> advertise([Beam1, Rust2]) end}]
@@ -52,6 +59,7 @@ steps([Beam1, _Rust1, Beam2, Rust2] = Nodes) ->
 %% Steps: each returns {pass | fail, Facts}
 %%====================================================================
 
+-spec join([node_()]) -> {verdict(), facts()}.
 join(Nodes) ->
     Others = length(Nodes) - 1,
     Check = fun() ->
@@ -66,6 +74,7 @@ join(Nodes) ->
                        [seconds(Ms), list(Short), Others])}
     end.
 
+-spec advertise([node_()]) -> {verdict(), facts()}.
 advertise(Providers) ->
     Results = [{name(N), macula_demo_node:advertise(N, ?SERVICE, ?LONG_TTL)} || N <- Providers],
     case [{Name, R} || {Name, R} <- Results, R =/= ok] of
@@ -73,6 +82,7 @@ advertise(Providers) ->
         Errors -> {fail, fmt("~p", [Errors])}
     end.
 
+-spec discover(node_(), [node_()], [node_()]) -> {verdict(), facts()}.
 discover(Node, Providers, Nodes) ->
     case converge([Node], Providers, Nodes, ?CONVERGE_WITHIN) of
         {true, _, _} ->
@@ -82,6 +92,7 @@ discover(Node, Providers, Nodes) ->
     end.
 
 %% A caller discovers the service and runs the handler of a BEAM provider on its VM.
+-spec call(node_(), [node_()]) -> {verdict(), facts()}.
 call(Caller, Nodes) ->
     {ok, Ids} = macula_demo_node:discover(Caller, ?SERVICE),
     case [N || #{kind := beam, id := Id} = N <- Nodes, lists:member(Id, Ids)] of
@@ -95,6 +106,7 @@ call(Caller, Nodes) ->
                        [name(Caller), found(names(Ids, Nodes))])}
     end.
 
+-spec remove(node_(), [node_()], [node_()]) -> {verdict(), facts()}.
 remove(Provider, Stay, Nodes) ->
     ok = macula_demo_node:remove(Provider, ?SERVICE),
     case converge(Nodes, Stay, Nodes, ?CONVERGE_WITHIN) of
@@ -105,6 +117,7 @@ remove(Provider, Stay, Nodes) ->
             {fail, fmt("~s withdrew; after ~s: ~s", [name(Provider), seconds(Ms), Differ])}
     end.
 
+-spec expire(node_(), [node_()], [node_()]) -> {verdict(), facts()}.
 expire(Provider, Stay, Nodes) ->
     Published = now_ms(),
     ok = macula_demo_node:advertise(Provider, ?SERVICE, ?SHORT_TTL),
@@ -129,6 +142,8 @@ expire(Provider, Stay, Nodes) ->
 %%====================================================================
 
 %% Starts the nodes in order, each joining through the first; stops at the first that fails.
+-spec start_nodes([{beam | rust, string()}], macula_demo_node:env(), [node_()]) ->
+          {[node_()], ok | {error, string()}}.
 start_nodes([], _Env, Started) ->
     {lists:reverse(Started), ok};
 start_nodes([{Kind, Name} | Rest], Env, Started) ->
@@ -141,6 +156,7 @@ start_nodes([{Kind, Name} | Rest], Env, Started) ->
             {lists:reverse(Started), {error, fmt("~s: ~p:~p", [Name, Class, Reason])}}
     end.
 
+-spec stop([node_()], file:filename()) -> {verdict(), facts()}.
 stop(Nodes, Dir) ->
     Errors = [{name(N), E} || N <- lists:reverse(Nodes),
                               {error, _} = E <- [macula_demo_node:stop(N)]],
@@ -154,6 +170,8 @@ stop(Nodes, Dir) ->
     end.
 
 %% Polls until each of `Observers' finds exactly `Providers'; the detail lists those that do not.
+-spec converge([node_()], [node_()], [node_()], non_neg_integer()) ->
+          {Done :: boolean(), Differ :: facts(), ElapsedMs :: non_neg_integer()}.
 converge(Observers, Providers, Nodes, Within) ->
     Expected = names(Providers),
     Check = fun() ->
@@ -164,22 +182,28 @@ converge(Observers, Providers, Nodes, Within) ->
     poll(Check, Within).
 
 %% Names of the providers `Observer' finds, or the error.
+-spec finds(node_(), [node_()]) -> [string()] | {error, term()}.
 finds(Observer, Nodes) ->
     case macula_demo_node:discover(Observer, ?SERVICE) of
         {ok, Ids} -> names(Ids, Nodes);
         {error, _} = Error -> Error
     end.
 
+-spec found([string()] | {error, term()}) -> facts().
 found([]) -> "none";
 found(Names) when is_list(Names) -> list(Names);
 found(Error) -> fmt("~p", [Error]).
 
 %% Calls `Check' until it returns `{true, Detail}' or `Within' ms have passed:
 %% `{Done, LastDetail, ElapsedMs}'.
+-spec poll(fun(() -> {boolean(), Detail}), non_neg_integer()) ->
+          {boolean(), Detail, non_neg_integer()}.
 poll(Check, Within) ->
     T0 = now_ms(),
     poll(Check, T0, T0 + Within).
 
+-spec poll(fun(() -> {boolean(), Detail}), integer(), integer()) ->
+          {boolean(), Detail, non_neg_integer()}.
 poll(Check, T0, Deadline) ->
     {Done, Detail} = Check(),
     Now = now_ms(),
@@ -192,6 +216,7 @@ poll(Check, T0, Deadline) ->
 %% Report
 %%====================================================================
 
+-spec header([node_()]) -> ok.
 header(Nodes) ->
     io:format("macula_dht demo: ~s on one DHT of 2 BEAM VMs and 2 Rust nodes~n~n", [?SERVICE]),
     Seed = hd(Nodes),
@@ -200,40 +225,52 @@ header(Nodes) ->
      || #{kind := Kind, id := Id, addr := Addr} = N <- Nodes],
     io:format("~n").
 
+-spec role(node_(), Seed :: node_()) -> string().
 role(Seed, Seed) -> "bootstrap node";
 role(_Node, Seed) -> "joined via " ++ name(Seed).
 
+-spec step(string(), check()) -> verdict().
 step(Title, Check) ->
     Result = try Check()
              catch Class:Reason -> {fail, fmt("crashed: ~p:~p", [Class, Reason])}
              end,
     report(Title, Result).
 
+-spec report(string(), {verdict(), facts()}) -> verdict().
 report(Title, {Verdict, Facts}) ->
     io:format("  ~s  ~s: ~ts~n", [string:uppercase(atom_to_list(Verdict)), Title, Facts]),
     Verdict.
 
+-spec verdict(boolean()) -> verdict().
 verdict(true) -> pass;
 verdict(false) -> fail.
 
+-spec name(node_()) -> string().
 name(#{name := Name}) -> Name.
 
+-spec names([node_()]) -> [string()].
 names(Nodes) -> lists:sort([name(N) || N <- Nodes]).
 
 %% Node names of provider ids (an id of no demo node shows as its hex prefix).
+-spec names([binary()], [node_()]) -> [string()].
 names(Ids, Nodes) ->
     lists:sort([case [name(N) || #{id := NodeId} = N <- Nodes, NodeId =:= Id] of
                     [Name] -> Name;
                     [] -> short_id(Id)
                 end || Id <- Ids]).
 
+-spec short_id(binary()) -> string().
 short_id(<<Prefix:4/binary, _/binary>>) ->
     string:lowercase(binary_to_list(binary:encode_hex(Prefix))).
 
+-spec list([string()]) -> facts().
 list(Names) -> lists:join(", ", Names).
 
+-spec seconds(number()) -> string().
 seconds(Ms) -> fmt("~.1f s", [Ms / 1000]).
 
+-spec fmt(io:format(), [term()]) -> string().
 fmt(Format, Args) -> lists:flatten(io_lib:format(Format, Args)).
 
+-spec now_ms() -> integer().
 now_ms() -> erlang:monotonic_time(millisecond).

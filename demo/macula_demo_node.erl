@@ -9,10 +9,18 @@
 
 -export([start/3, advertise/3, discover/2, remove/2, call/3, peer_count/1, stop/1]).
 
--export_type([node_/0]).
+-export_type([node_/0, env/0]).
 
 -type node_() :: #{name := string(), kind := beam | rust, id := binary(), addr := string(),
                    atom() => term()}.
+%% A node being started (no `id' or `addr' yet), or any node.
+-type starting() :: #{name := string(), kind := beam | rust, atom() => term()}.
+%% Where a node keeps its files, whom it joins through, and the `rust-node' binary.
+-type env() :: #{dir := file:filename(), bootstrap := [string()], rust_node := file:filename()}.
+%% What `rust-node ctl' printed, or how it failed.
+-type ctl_result() :: {ok, Stdout :: binary()}
+                    | {error, {ExitStatus :: integer(), Output :: binary()}
+                            | {timeout, Output :: binary()}}.
 
 %% Providers a discovery asks for: the demo never runs more than two of a service at once.
 -define(WANT, 2).
@@ -25,8 +33,7 @@
 %% @doc Starts node `Name' listening on 127.0.0.1 (port 0), joining through `bootstrap' (empty
 %% for the first node), with its key, log and control socket in `dir'. Raises if it does not come
 %% up; whatever was started is stopped first.
--spec start(beam | rust, string(), #{dir := file:filename(), bootstrap := [string()],
-                                     rust_node := file:filename()}) -> node_().
+-spec start(beam | rust, string(), env()) -> node_().
 start(beam, Name, #{dir := Dir, bootstrap := Bootstrap}) ->
     Args = ["-pa", ebin(macula_routing_server), "-pa", ebin(?MODULE)],
     {ok, Peer, _NodeName} = peer:start(#{connection => standard_io, args => Args}),
@@ -107,7 +114,7 @@ peer_count(#{kind := rust} = Node) ->
 
 %% @doc Stops the node: `peer:stop/1' for a VM; SIGTERM for a Rust node, then its exit status
 %% (SIGKILL if it has not exited in time).
--spec stop(map()) -> ok | {error, term()}.
+-spec stop(starting()) -> ok | {error, term()}.
 stop(#{kind := beam, peer := Peer}) ->
     peer:stop(Peer);
 stop(#{kind := rust, port := Port, os_pid := OsPid}) ->
@@ -131,6 +138,7 @@ stop(#{kind := rust, port := Port, os_pid := OsPid}) ->
 %%====================================================================
 
 %% Runs `Ready' to finish starting `Node'; if it fails, stops the node and re-raises.
+-spec up(starting(), fun(() -> node_())) -> node_().
 up(Node, Ready) ->
     try
         Ready()
@@ -140,18 +148,24 @@ up(Node, Ready) ->
             erlang:raise(Class, Reason, Stack)
     end.
 
+-spec ebin(module()) -> file:filename_all().
 ebin(Module) ->
     filename:dirname(code:which(Module)).
 
+-spec file(file:filename(), string(), string()) -> file:filename_all().
 file(Dir, Name, Ext) ->
     filename:join(Dir, Name ++ Ext).
 
+-spec endpoint(node_()) -> binary().
 endpoint(#{addr := Addr}) ->
     list_to_binary("https://" ++ Addr).
 
+-spec peer_call(starting(), atom(), [term()]) -> term().
 peer_call(#{peer := Peer}, Function, Args) ->
     peer:call(Peer, macula_demo_peer, Function, Args, ?CALL_TIMEOUT).
 
+-spec await_joined(starting(), [string()], integer()) ->
+          ok | {error, {not_joined, [string()]}}.
 await_joined(_Node, [], _Deadline) ->
     ok;
 await_joined(Node, Bootstrap, Deadline) ->
@@ -166,6 +180,7 @@ await_joined(Node, Bootstrap, Deadline) ->
     end.
 
 %% rust-node prints this line once its control socket serves.
+-spec await_listening(port()) -> ok | {error, {exited, integer()} | not_listening}.
 await_listening(Port) ->
     receive
         {Port, {data, {eol, <<"rust-node listening on ", _/binary>>}}} -> ok;
@@ -175,12 +190,14 @@ await_listening(Port) ->
     end.
 
 %% Runs `rust-node ctl --socket S Args...': `{ok, Stdout}' on exit status 0.
+-spec ctl(starting(), [string() | binary()]) -> ctl_result().
 ctl(#{exe := Exe, ctl := Socket}, Args) ->
     Port = open_port({spawn_executable, Exe}, [{args, ["ctl", "--socket", Socket | Args]},
                                                binary, exit_status, stderr_to_stdout]),
     {os_pid, OsPid} = erlang:port_info(Port, os_pid),
     collect(Port, OsPid, <<>>, now_ms() + ?CALL_TIMEOUT).
 
+-spec collect(port(), non_neg_integer(), binary(), integer()) -> ctl_result().
 collect(Port, OsPid, Output, Deadline) ->
     Left = max(0, Deadline - now_ms()),
     receive
@@ -192,20 +209,25 @@ collect(Port, OsPid, Output, Deadline) ->
         {error, {timeout, Output}}
     end.
 
+-spec ok_or_error(ctl_result()) -> ok | {error, term()}.
 ok_or_error({ok, _Output}) -> ok;
 ok_or_error({error, _} = Error) -> Error.
 
+-spec kill(string(), non_neg_integer()) -> ok.
 kill(Signal, OsPid) ->
     _ = os:cmd("kill -" ++ Signal ++ " " ++ integer_to_list(OsPid)),
     ok.
 
+-spec json_string(binary(), binary()) -> binary().
 json_string(Field, Json) ->
     {match, [Value]} = re:run(Json, <<"\"", Field/binary, "\":\"([^\"]*)\"">>,
                               [{capture, all_but_first, binary}]),
     Value.
 
+-spec matches({match, [[binary()]]} | nomatch) -> [[binary()]].
 matches({match, Groups}) -> Groups;
 matches(nomatch) -> [].
 
+-spec now_ms() -> integer().
 now_ms() ->
     erlang:monotonic_time(millisecond).

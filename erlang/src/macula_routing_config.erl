@@ -12,7 +12,7 @@
 
 -export([parse/1, defaults/0, address/1]).
 
--export_type([config/0]).
+-export_type([config/0, network/0]).
 
 -type config() :: #{k := pos_integer(),
                     alpha := pos_integer(),
@@ -32,6 +32,11 @@
                      lookup_timeout_ms := pos_integer(),
                      request_timeout_ms := pos_integer()}.
 -type address() :: {inet:ip_address(), inet:port_number()} | string() | binary().
+%% {Key, Default, Min, Max} of an integer setting.
+-type setting() :: {atom(), integer(), integer(), integer()}.
+-type invalid() :: {error, {invalid_config, Key :: atom(), Value :: term()}}.
+%% Reads one network setting: `{ok, Parsed}' or `error'.
+-type reader() :: fun((term()) -> {ok, term()} | error).
 
 %% Upper bounds keep a typo from asking for absurd memory or timers.
 -define(SETTINGS, [
@@ -67,7 +72,7 @@
 defaults() ->
     (maps:from_list([{Key, Default} || {Key, Default, _, _} <- ?SETTINGS]))#{network => undefined}.
 
--spec parse(term()) -> {ok, config()} | {error, {invalid_config, term(), term()}}.
+-spec parse(term()) -> {ok, config()} | invalid().
 parse(Config) when is_map(Config) ->
     case parse(?SETTINGS, Config, #{}) of
         {ok, Parsed} -> network(Config, Parsed);
@@ -76,6 +81,10 @@ parse(Config) when is_map(Config) ->
 parse(Config) ->
     {error, {invalid_config, config, Config}}.
 
+%% Reads each `{Key, Default, Min, Max}' from `Config' into `Acc' (an absent key takes its
+%% default), then checks the ttls against each other.
+-spec parse([setting()], map(), #{atom() => integer()}) ->
+          {ok, #{atom() => integer()}} | invalid().
 parse([], _Config, Acc) ->
     check_ttls(Acc);
 parse([{Key, Default, Min, Max} | Rest], Config, Acc) ->
@@ -86,6 +95,7 @@ parse([{Key, Default, Min, Max} | Rest], Config, Acc) ->
             {error, {invalid_config, Key, Value}}
     end.
 
+-spec network(map(), #{atom() => integer()}) -> {ok, config()} | invalid().
 network(#{listen := Listen} = Config, Parsed) ->
     Bootstrap = maps:get(bootstrap, Config, []),
     Identity = maps:get(identity, Config, undefined),
@@ -104,6 +114,7 @@ network(#{listen := Listen} = Config, Parsed) ->
 network(_Config, Parsed) ->
     {ok, Parsed#{network => undefined}}.
 
+-spec check([{atom(), term(), reader()}], map()) -> {ok, map()} | invalid().
 check([], Acc) ->
     {ok, Acc};
 check([{Key, Value, Read} | Rest], Acc) ->
@@ -124,6 +135,7 @@ address({Ip, Port}) when is_integer(Port), Port >= 0, Port =< 65535 ->
 address(Text) ->
     bounded_text(Text, ?MAX_ADDRESS_BYTES).
 
+-spec addresses(term()) -> {ok, [binary()]} | error.
 addresses(List) when is_list(List), length(List) =< ?MAX_BOOTSTRAP ->
     Parsed = [address(A) || A <- List],
     case lists:member(error, Parsed) of
@@ -133,12 +145,14 @@ addresses(List) when is_list(List), length(List) =< ?MAX_BOOTSTRAP ->
 addresses(_) ->
     error.
 
+-spec path(term()) -> {ok, binary() | undefined} | error.
 path(undefined) ->
     {ok, undefined};
 path(Path) ->
     bounded_text(Path, ?MAX_PATH_BYTES).
 
 %% A non-empty string or binary of at most `Max' bytes, as a binary.
+-spec bounded_text(term(), pos_integer()) -> {ok, binary()} | error.
 bounded_text(Text, Max) when is_list(Text); is_binary(Text) ->
     try unicode:characters_to_binary(Text) of
         Bin when is_binary(Bin), byte_size(Bin) > 0, byte_size(Bin) =< Max -> {ok, Bin};
@@ -148,6 +162,7 @@ bounded_text(Text, Max) when is_list(Text); is_binary(Text) ->
 bounded_text(_Text, _Max) ->
     error.
 
+-spec check_ttls(#{atom() => integer()}) -> {ok, #{atom() => integer()}} | invalid().
 check_ttls(#{default_ttl := Default, max_ttl := Max}) when Default > Max ->
     {error, {invalid_config, default_ttl, Default}};
 check_ttls(Config) ->

@@ -38,7 +38,9 @@ handle(Message, #{closest := Closest, store := Store, lookup := Lookup}) ->
             error_reply(unknown_message)
     end.
 
+-spec nodes_reply([map()] | {error, term()}, fun(([map()]) -> map())) -> map().
 nodes_reply(Nodes, Encode) when is_list(Nodes) -> Encode(Nodes);
 nodes_reply({error, Reason}, _Encode) -> error_reply(Reason).
 
+-spec error_reply(term()) -> #{type := error, reason := term()}.
 error_reply(Reason) -> #{type => error, reason => Reason}.

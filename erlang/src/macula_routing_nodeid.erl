@@ -64,10 +64,13 @@ leading_zeros(Bin) when is_binary(Bin) ->
 leading_zeros(Other) ->
     erlang:error(badarg, [Other]).
 
+-spec leading_zeros(binary(), non_neg_integer()) -> non_neg_integer().
 leading_zeros(<<0, Rest/binary>>, Acc) -> leading_zeros(Rest, Acc + 8);
 leading_zeros(<<Byte, _/binary>>, Acc) -> Acc + byte_leading_zeros(Byte);
 leading_zeros(<<>>, Acc) -> Acc.
 
+%% Of a non-zero byte.
+-spec byte_leading_zeros(1..255) -> 0..7.
 byte_leading_zeros(Byte) when Byte >= 16#80 -> 0;
 byte_leading_zeros(Byte) -> 1 + byte_leading_zeros(Byte bsl 1).
 
@@ -102,6 +105,7 @@ to_hex(Bin) when is_binary(Bin) ->
 to_hex(Other) ->
     erlang:error(badarg, [Other]).
 
+-spec hex_digit(0..15) -> $0..$9 | $a..$f.
 hex_digit(N) when N < 10 -> $0 + N;
 hex_digit(N) -> $a + N - 10.
 
@@ -121,6 +125,7 @@ from_hex(<<_:(2 * ?ID_BYTES)/binary>> = Hex) ->
 from_hex(_) ->
     {error, invalid_hex}.
 
+-spec decode_hex(binary()) -> {ok, binary()} | error.
 decode_hex(Hex) ->
     try
         {ok, binary:decode_hex(Hex)}

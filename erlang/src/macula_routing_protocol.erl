@@ -25,6 +25,14 @@
 -type node_info() :: #{node_id := binary(), atom() | binary() => term()}.
 -type provider() :: map().
 -type value_result() :: {value, [provider()]} | {nodes, [node_info()]}.
+-type message_type() :: find_node | find_node_reply | store | find_value | find_value_reply.
+%% A message read by `parse/1': its type and what it carries.
+-type parsed() :: {find_node, binary()}
+                | {find_node_reply, [node_info()]}
+                | {store, {binary(), provider()}}
+                | {find_value, binary()}
+                | {find_value_reply, value_result()}.
+-type invalid() :: {error, invalid_message}.
 
 -define(TYPES, [find_node, find_node_reply, store, find_value, find_value_reply]).
 -define(NODE_INFO_OPTIONAL, [address, endpoint]).
@@ -69,9 +77,11 @@ encode_node_info(Node) ->
         {error, invalid_node_info} -> erlang:error(badarg, [Node])
     end.
 
+-spec encode_nodes([node_info()]) -> [node_info()].
 encode_nodes(Nodes) ->
     [encode_node_info(Node) || Node <- Nodes].
 
+-spec encode_provider(provider()) -> provider().
 encode_provider(Provider) when is_map(Provider) -> Provider.
 
 %%====================================================================
@@ -104,6 +114,7 @@ decode_node_info(Node) when is_map(Node) ->
 decode_node_info(_) ->
     {error, invalid_node_info}.
 
+-spec optional_fields(map()) -> #{address => term(), endpoint => term()}.
 optional_fields(Node) ->
     maps:from_list([{Name, Value} || Name <- ?NODE_INFO_OPTIONAL,
                                      {ok, Value} <- [field(Name, Node)]]).
@@ -133,16 +144,19 @@ classify(Msg) ->
 %% Internal
 %%====================================================================
 
+-spec expect(message_type(), term()) -> {ok, term()} | invalid().
 expect(Type, Msg) ->
     case parse(Msg) of
         {Type, Body} -> {ok, Body};
         _ -> {error, invalid_message}
     end.
 
+-spec is_type(message_type(), term()) -> boolean().
 is_type(Type, Msg) ->
     element(1, parse(Msg)) =:= Type.
 
 %% Every decoder goes through here: {Type, Body} or {error, invalid_message}.
+-spec parse(term()) -> parsed() | invalid().
 parse(Msg) when is_map(Msg) ->
     case message_type(Msg) of
         {ok, Type} -> parse_body(Type, Msg);
@@ -151,12 +165,14 @@ parse(Msg) when is_map(Msg) ->
 parse(_) ->
     invalid().
 
+-spec message_type(map()) -> {ok, message_type()} | error.
 message_type(Msg) ->
     case field(type, Msg) of
         {ok, Tag} -> known_name(Tag, ?TYPES);
         error -> legacy_type(Msg)
     end.
 
+-spec legacy_type(map()) -> {ok, find_node | store | find_value} | error.
 legacy_type(Msg) ->
     case {has_field(target, Msg), has_field(key, Msg), has_field(value, Msg)} of
         {true, _, _} -> {ok, find_node};
@@ -165,6 +181,7 @@ legacy_type(Msg) ->
         {false, false, _} -> error
     end.
 
+-spec parse_body(message_type(), map()) -> parsed() | invalid().
 parse_body(find_node, Msg) ->
     tagged(find_node, binary_field(target, Msg));
 parse_body(find_value, Msg) ->
@@ -182,6 +199,8 @@ parse_body(find_value_reply, Msg) ->
         error -> invalid()
     end.
 
+-spec parse_value_result({ok, value | nodes} | error, map()) ->
+          {find_value_reply, value_result()} | invalid().
 parse_value_result({ok, value}, Msg) ->
     case field(value, Msg) of
         {ok, Providers} -> tagged_result(value, map_list(fun provider/1, Providers));
@@ -192,28 +211,37 @@ parse_value_result({ok, nodes}, Msg) ->
 parse_value_result(error, _Msg) ->
     invalid().
 
+-spec tagged_result(value | nodes, {ok, [provider()] | [node_info()]} | error) ->
+          {find_value_reply, value_result()} | invalid().
 tagged_result(Result, {ok, List}) -> {find_value_reply, {Result, List}};
 tagged_result(_Result, error) -> invalid().
 
+-spec tagged(Type, {ok, Body} | error) -> {Type, Body} | invalid()
+          when Type :: find_node | find_value | find_node_reply.
 tagged(Type, {ok, Body}) -> {Type, Body};
 tagged(_Type, error) -> invalid().
 
+-spec invalid() -> invalid().
 invalid() -> {error, invalid_message}.
 
+-spec node_list(map()) -> {ok, [node_info()]} | error.
 node_list(Msg) ->
     case field(nodes, Msg) of
         {ok, Nodes} -> map_list(fun decode_node_info/1, Nodes);
         error -> error
     end.
 
+-spec provider(term()) -> {ok, provider()} | {error, invalid_provider}.
 provider(Provider) when is_map(Provider) -> {ok, Provider};
 provider(_) -> {error, invalid_provider}.
 
 %% Like lists:map/2 over a decoder, but any failure, a non-list or an
 %% improper tail gives `error' instead of a crash.
+-spec map_list(fun((term()) -> {ok, T} | {error, term()}), term()) -> {ok, [T]} | error.
 map_list(Decode, List) ->
     map_list(Decode, List, []).
 
+-spec map_list(fun((term()) -> {ok, T} | {error, term()}), term(), [T]) -> {ok, [T]} | error.
 map_list(_Decode, [], Acc) ->
     {ok, lists:reverse(Acc)};
 map_list(Decode, [Elem | Rest], Acc) ->
@@ -225,22 +253,26 @@ map_list(_Decode, _NotAList, _Acc) ->
     error.
 
 %% A field under its atom name, else under the binary of that name.
+-spec field(atom(), map()) -> {ok, term()} | error.
 field(Name, Map) ->
     case maps:find(Name, Map) of
         {ok, Value} -> {ok, Value};
         error -> maps:find(atom_to_binary(Name), Map)
     end.
 
+-spec binary_field(atom(), map()) -> {ok, binary()} | error.
 binary_field(Name, Map) ->
     case field(Name, Map) of
         {ok, Value} when is_binary(Value) -> {ok, Value};
         _ -> error
     end.
 
+-spec has_field(atom(), map()) -> boolean().
 has_field(Name, Map) ->
     field(Name, Map) =/= error.
 
 %% The known atom that Term names, as the atom itself or its binary.
+-spec known_name(term(), [Name]) -> {ok, Name} | error when Name :: atom().
 known_name(Term, [Name | Names]) ->
     case Term =:= Name orelse Term =:= atom_to_binary(Name) of
         true -> {ok, Name};

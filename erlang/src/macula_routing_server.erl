@@ -37,13 +37,44 @@
 -type node_info() :: #{node_id := binary(), _ => _}.
 -type provider() :: #{_ => _}.
 -type error() :: {error, term()}.
+-type address() :: macula_dht_nif:address().
+-type routing_table() :: #{local_node_id := binary(),
+                           k := pos_integer(),
+                           size := non_neg_integer(),
+                           buckets := #{0..255 => [node_info(), ...]}}.
+%% What the API asks `execute/2' for; the raw calls of other modules are some of these.
+-type request() :: {get_local, Key :: term()}
+                 | {store_local | store, Key :: term(), Provider :: term()}
+                 | {delete_local, Key :: term(), NodeId :: term()}
+                 | {find_value, Key :: term(), K :: term()}
+                 | get_all_keys
+                 | {add_node, NodeInfo :: term()}
+                 | {remove_node, NodeId :: term()}
+                 | {find_closest, Target :: term(), K :: term()}
+                 | size
+                 | get_routing_table
+                 | {handle_message, Message :: term()}
+                 | stats
+                 | node_id
+                 | address
+                 | peers.
+%% Everything `execute/2' answers; each API function's spec says which part is its own.
+-type reply() :: ok | not_found | error()
+               | {ok, [provider()] | [binary()] | address()}
+               | [node_info()]
+               | non_neg_integer()
+               | binary()
+               | routing_table()
+               | macula_dht_nif:stats()
+               | map().  % the reply to a DHT message
 
 -type event() :: {peer_up | peer_down, node_info()} | {lookup, map()}.
 -type event_kind() :: peers | lookups.
 -export_type([event/0, event_kind/0]).
 
 %% What the API needs to reach the running server's NIF handle without a message.
--record(node, {pid :: pid(), handle :: reference(), local_id :: binary(), k :: pos_integer(),
+-record(node, {pid :: pid(), handle :: macula_dht_nif:handle(), local_id :: binary(),
+               k :: pos_integer(),
                %% in network mode: how long a network lookup may take; else `undefined'
                lookup_timeout :: pos_integer() | undefined}).
 -record(state, {node :: #node{},
@@ -85,6 +116,7 @@ start_link(LocalNodeId, _Config) ->
 
 %% Everything that can be refused is checked here, before the server exists, so that a bad
 %% setting is an `{error, ...}' for the caller rather than an exit through the link.
+-spec start(binary() | auto, macula_routing_config:config()) -> {ok, pid()} | {error, term()}.
 start(auto, #{network := undefined} = Config) ->
     start(macula_routing_nodeid:generate(), Config);
 start(LocalNodeId, #{network := undefined} = Config) ->
@@ -103,6 +135,8 @@ start(LocalNodeId, #{network := #{identity := Path} = Network} = Config) ->
     end.
 
 %% What the NIF's network side reads.
+-spec net_settings(macula_routing_config:network(), macula_routing_config:config()) ->
+          macula_dht_nif:net_settings().
 net_settings(Network, Config) ->
     maps:merge(Network, maps:with([k, alpha, replacements], Config)).
 
@@ -119,7 +153,7 @@ find_closest(Server, Target, K) -> run(Server, {find_closest, Target, K}).
 -spec size(server()) -> non_neg_integer().
 size(Server) -> run(Server, size).
 
--spec get_routing_table(server()) -> map().
+-spec get_routing_table(server()) -> routing_table().
 get_routing_table(Server) -> run(Server, get_routing_table).
 
 %% @doc Adds `Provider' under `Key', or replaces in place the provider with the same `node_id'.
@@ -167,7 +201,7 @@ handle_message_async(Server, Message) -> gen_server:cast(Server, {handle_message
 %% table (`nodes'), the NIF's heap (`nif_allocated_bytes'), and the network side (`peers',
 %% `requests' and `bad_requests' served, `tombstones', `lookups', `lookup_timeouts',
 %% `lookup_p50_us' and `lookup_p99_us' of recent lookups; zeros on a single node).
--spec stats(server()) -> map().
+-spec stats(server()) -> macula_dht_nif:stats().
 stats(Server) -> run(Server, stats).
 
 %% @doc The node's id (the identity's in network mode).
@@ -175,7 +209,7 @@ stats(Server) -> run(Server, stats).
 node_id(Server) -> run(Server, node_id).
 
 %% @doc The address the node listens on for peers.
--spec address(server()) -> {ok, {inet:ip_address(), inet:port_number()}} | {error, not_networked}.
+-spec address(server()) -> {ok, address()} | {error, not_networked}.
 address(Server) -> run(Server, address).
 
 %% @doc The peers of the node's network routing table, `#{node_id, address}' each.
@@ -196,6 +230,7 @@ unsubscribe(Server) -> gen_server:call(Server, {unsubscribe, self()}).
 %%--------------------------------------------------------------------------------------------
 
 %% The running server is reached directly through its handle; any other server by a call.
+-spec run(server(), request()) -> reply().
 run(Server, Request) ->
     case persistent_term:get(?SLOT, undefined) of
         #node{pid = Pid} = Node when Server =:= Pid; Server =:= ?MODULE ->
@@ -207,6 +242,9 @@ run(Server, Request) ->
             gen_server:call(Server, Request)
     end.
 
+%% `Request' is a `request()', or anything a raw call sent (`{error, unknown_request}'). `closed'
+%% once the owner of the handle is gone.
+-spec execute(Request :: term(), #node{}) -> reply() | closed.
 execute({get_local, Key}, #node{handle = H}) ->
     macula_dht_nif:store_get(H, Key);
 execute({store_local, Key, Provider}, #node{handle = H}) ->
@@ -259,6 +297,8 @@ execute(_Unknown, _Node) ->
 %% Answered from the local store when it holds at least K providers, else by a lookup on the
 %% runtime whose reply comes by message: within the timeout, or at once as
 %% `{error, lookup_failed}' if the task died; the grace period covers anything else.
+-spec network_find_value(macula_dht_nif:handle(), Key :: term(), K :: term(),
+                         Timeout :: pos_integer()) -> {ok, [provider()]} | error().
 network_find_value(H, Key, K, Timeout) when is_integer(K), K > 0, K =< ?MAX_WANT ->
     Tag = make_ref(),
     case macula_dht_nif:net_find_value(H, Key, K, Tag) of
@@ -275,9 +315,9 @@ network_find_value(_H, _Key, K, _Timeout) ->
     {error, {invalid_count, K}}.
 
 %% What a DHT message may do to this node.
+-spec dispatch_ops(#node{}) -> macula_routing_dispatch:ops().
 dispatch_ops(#node{k = K} = Node) ->
-    #{k => K,
-      closest => fun(Target) -> execute({find_closest, Target, K}, Node) end,
+    #{closest => fun(Target) -> execute({find_closest, Target, K}, Node) end,
       store => fun(Key, Value) -> execute({store, Key, Value}, Node) end,
       lookup => fun(Key) -> execute({get_local, Key}, Node) end}.
 
@@ -285,6 +325,8 @@ dispatch_ops(#node{k = K} = Node) ->
 %% gen_server
 %%--------------------------------------------------------------------------------------------
 
+-spec init({binary(), macula_routing_config:config(), macula_dht_nif:identity_key() | undefined}) ->
+          {ok, #state{}} | {stop, term()}.
 init({LocalNodeId, Config, IdentityKey}) ->
     %% The handle is monitored by the NIF: it closes when this process dies, however it dies.
     Handle = macula_dht_nif:new(LocalNodeId, Config),
@@ -299,6 +341,8 @@ init({LocalNodeId, Config, IdentityKey}) ->
             {stop, Reason}
     end.
 
+-spec join(#node{}, macula_dht_nif:identity_key() | undefined, macula_routing_config:config()) ->
+          {ok, #node{}} | {error, term()}.
 join(Node, undefined, _Config) ->
     {ok, Node};
 join(#node{handle = H} = Node, IdentityKey, #{network := Network} = Config) ->
@@ -313,6 +357,8 @@ join(#node{handle = H} = Node, IdentityKey, #{network := Network} = Config) ->
     end.
 
 %% A network lookup through a raw call runs in a process of its own, so this server stays free.
+-spec handle_call(term(), gen_server:from(), #state{}) ->
+          {reply, reply() | closed, #state{}} | {noreply, #state{}}.
 handle_call({find_value, _Key, _K} = Request, From, #state{node = Node} = State)
   when Node#node.lookup_timeout =/= undefined ->
     spawn(fun() -> gen_server:reply(From, execute(Request, Node)) end),
@@ -326,6 +372,7 @@ handle_call(Request, _From, #state{node = Node} = State) ->
     {reply, execute(Request, Node), State}.
 
 %% The raw cast `{store, Key, Value}' is a local upsert.
+-spec handle_cast(term(), #state{}) -> {noreply, #state{}}.
 handle_cast({store, Key, Value}, #state{node = Node} = State) ->
     _ = execute({store_local, Key, Value}, Node),
     {noreply, State};
@@ -335,6 +382,7 @@ handle_cast({handle_message, Message}, #state{node = Node} = State) ->
 handle_cast(_Unknown, State) ->
     {noreply, State}.
 
+-spec handle_info(term(), #state{}) -> {noreply, #state{}}.
 handle_info(expire, #state{node = #node{handle = H}, config = Config} = State) ->
     _ = macula_dht_nif:store_expire(H),
     schedule_expiry(Config),
@@ -355,6 +403,7 @@ handle_info({'DOWN', _Ref, process, Pid, _Reason}, State) ->
 handle_info(_Unknown, State) ->
     {noreply, State}.
 
+-spec terminate(term(), #state{}) -> ok.
 terminate(_Reason, #state{node = #node{handle = H} = Node}) ->
     case persistent_term:get(?SLOT, undefined) of
         Node -> persistent_term:erase(?SLOT);
@@ -362,12 +411,16 @@ terminate(_Reason, #state{node = #node{handle = H} = Node}) ->
     end,
     macula_dht_nif:close(H).
 
+-spec schedule_expiry(macula_routing_config:config()) -> reference().
 schedule_expiry(#{expire_interval_ms := Interval}) ->
     erlang:send_after(Interval, self(), expire).
 
+-spec event_kind(event()) -> event_kind().
 event_kind({lookup, _}) -> lookups;
 event_kind(_PeerUpOrDown) -> peers.
 
+-spec subscribe(pid(), Kinds :: term(), #state{}) ->
+          {ok | {error, {invalid_event_kinds, term()} | too_many_subscribers}, #state{}}.
 subscribe(Pid, Kinds, #state{subscribers = Subscribers} = State) ->
     Valid = is_list(Kinds) andalso Kinds =/= [] andalso
         lists:all(fun(K) -> K =:= peers orelse K =:= lookups end, Kinds),
@@ -385,6 +438,7 @@ subscribe(Pid, Kinds, #state{subscribers = Subscribers} = State) ->
             {ok, events_on(State#state{subscribers = Subscribers#{Pid => {Monitor, Kinds}}})}
     end.
 
+-spec unsubscribe(pid(), #state{}) -> #state{}.
 unsubscribe(Pid, #state{subscribers = Subscribers} = State) ->
     case maps:take(Pid, Subscribers) of
         {{Monitor, _}, Rest} ->
@@ -395,6 +449,7 @@ unsubscribe(Pid, #state{subscribers = Subscribers} = State) ->
     end.
 
 %% The NIF sends events only while someone listens.
+-spec events_on(#state{}) -> #state{}.
 events_on(#state{node = #node{handle = H}, subscribers = Subscribers} = State) ->
     macula_dht_nif:net_events(H, map_size(Subscribers) > 0),
     State.

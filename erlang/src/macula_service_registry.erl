@@ -61,6 +61,7 @@ new(Opts) when is_map(Opts) ->
                       ?DEFAULTS),
     Config#{local_services => #{}, services => #{}, subscribers => #{}}.
 
+-spec seconds_option(atom(), seconds(), options()) -> seconds().
 seconds_option(Name, Default, Opts) ->
     case maps:get(Name, Opts, Default) of
         Seconds when is_integer(Seconds), Seconds >= 0 -> Seconds;
@@ -170,10 +171,12 @@ service_key(ServiceId) when is_binary(ServiceId) ->
 %% @doc Stores `ProviderInfo#{ttl => TTL, advertised_at => UnixSeconds}'
 %% under the service key (the server replicates it to its own k closest
 %% peers; `K' is accepted for compatibility and unused). Binary-keyed
-%% `<<"ttl">>' and `<<"advertised_at">>' are replaced by the atom keys.
+%% `<<"ttl">>' and `<<"advertised_at">>' are replaced by the atom keys. A record
+%% the store refuses (too large, over a limit) gives the store's reason.
 -spec publish_to_dht(dht(), service_id(), map(), seconds(), pos_integer()) ->
           ok | {error, dht_not_available | {invalid_service_id, term()}
-                     | {invalid_provider, term()} | {invalid_ttl, term()}}.
+                     | {invalid_provider, term()} | {invalid_ttl, term()}
+                     | macula_dht_nif:put_error()}.
 publish_to_dht(Dht, ServiceId, ProviderInfo, TTL, _K)
   when is_binary(ServiceId), is_map(ProviderInfo), is_integer(TTL), TTL >= 0 ->
     Provider = stamp_provider(ProviderInfo, TTL),
@@ -213,42 +216,52 @@ remove_from_dht(_Dht, ServiceId, NodeId) ->
 %% Internal: entries and tables
 %%====================================================================
 
+-spec cache(services | subscribers, registry(), binary(), list(), seconds()) -> registry().
 cache(Table, Registry, Key, Values, TTL)
   when is_binary(Key), is_list(Values), is_integer(TTL), TTL >= 0 ->
     #{cache_ttl := CacheTTL} = Registry,
     put_entry(Table, Registry, Key, Values, min(TTL, CacheTTL)).
 
+-spec lookup(table(), registry(), binary()) -> {ok, term(), registry()} | {cache_miss, registry()}.
 lookup(Table, Registry, Key) ->
     case maps:find(Key, maps:get(Table, Registry)) of
         {ok, Entry} -> lookup_entry(Entry, Table, Registry, Key);
         error -> {cache_miss, Registry}
     end.
 
+-spec lookup_entry(entry(), table(), registry(), binary()) ->
+          {ok, term(), registry()} | {cache_miss, registry()}.
 lookup_entry(#{value := Value} = Entry, Table, Registry, Key) ->
     case is_expired(Entry, now_ms()) of
         false -> {ok, Value, Registry};
         true -> {cache_miss, drop_entry(Table, Registry, Key)}
     end.
 
+-spec put_entry(table(), registry(), binary(), term(), seconds()) -> registry().
 put_entry(Table, Registry, Key, Value, LifetimeSeconds) ->
     Entry = #{value => Value, stamp => now_ms(), lifetime => LifetimeSeconds * 1000},
     maps:update_with(Table, fun(Entries) -> Entries#{Key => Entry} end, Registry).
 
+-spec drop_entry(table(), registry(), binary()) -> registry().
 drop_entry(Table, Registry, Key) ->
     maps:update_with(Table, fun(Entries) -> maps:remove(Key, Entries) end, Registry).
 
+-spec prune(table(), registry()) -> {registry(), non_neg_integer()}.
 prune(Table, Registry) ->
     Now = now_ms(),
     Entries = maps:get(Table, Registry),
     Live = maps:filter(fun(_Key, Entry) -> not is_expired(Entry, Now) end, Entries),
     {Registry#{Table := Live}, maps:size(Entries) - maps:size(Live)}.
 
+-spec clear(table(), registry()) -> registry().
 clear(Table, Registry) ->
     Registry#{Table := #{}}.
 
+-spec is_expired(entry(), integer()) -> boolean().
 is_expired(#{stamp := Stamp, lifetime := Lifetime}, Now) ->
     Now - Stamp >= Lifetime.
 
+-spec now_ms() -> integer().
 now_ms() ->
     erlang:monotonic_time(millisecond).
 
@@ -257,11 +270,13 @@ now_ms() ->
 %%====================================================================
 
 %% The first failing {Valid, Reason} check of arguments the function head refused.
+-spec first_error([{boolean(), Reason}, ...]) -> {error, Reason}.
 first_error([{true, _Reason} | Checks]) -> first_error(Checks);
 first_error([{false, Reason} | _Checks]) -> {error, Reason}.
 
 %% A dead pid or an unregistered name shows as a `noproc' exit from the call itself, so there is
 %% no separate liveness check (it could go stale before the call anyway).
+-spec with_dht(Dht :: term(), fun(() -> Result), Unavailable) -> Result | Unavailable.
 with_dht(Dht, Call, Unavailable) when is_pid(Dht); is_atom(Dht) ->
     try
         Call()
@@ -275,6 +290,7 @@ with_dht(Dht, Call, Unavailable) when is_pid(Dht); is_atom(Dht) ->
 with_dht(_Dht, _Call, Unavailable) ->
     Unavailable.
 
+-spec is_gone(term()) -> boolean().
 is_gone(noproc) -> true;
 is_gone(normal) -> true;
 is_gone(shutdown) -> true;
@@ -282,6 +298,7 @@ is_gone({shutdown, _}) -> true;
 is_gone({nodedown, _}) -> true;
 is_gone(_) -> false.
 
+-spec stamp_provider(map(), seconds()) -> map().
 stamp_provider(ProviderInfo, TTL) ->
     Provider = case is_map_key(<<"ttl">>, ProviderInfo) orelse is_map_key(<<"advertised_at">>, ProviderInfo) of
                    true -> maps:without([<<"ttl">>, <<"advertised_at">>], ProviderInfo);
@@ -289,7 +306,7 @@ stamp_provider(ProviderInfo, TTL) ->
                end,
     Provider#{ttl => TTL, advertised_at => erlang:system_time(second)}.
 
+-spec query_result({ok, [map()]} | {error, term()}) -> {ok, [map()]} | {error, term()}.
 query_result({ok, Providers}) when is_list(Providers) -> {ok, Providers};
 query_result({error, not_found}) -> {ok, []};
-query_result(not_found) -> {ok, []};
 query_result({error, _Reason} = Error) -> Error.
