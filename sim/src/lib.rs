@@ -17,7 +17,7 @@ mod link;
 mod rng;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,6 +161,8 @@ pub struct Network {
     queue: BinaryHeap<Reverse<Scheduled>>,
     seq: u64,
     outcomes: BTreeMap<(usize, OpId), Outcome>,
+    /// Commands that ended while `discover_many` waits (`None` otherwise).
+    ended: Option<Vec<(usize, OpId)>>,
     stats: NetStats,
 }
 
@@ -175,6 +177,7 @@ impl Network {
             queue: BinaryHeap::new(),
             seq: 0,
             outcomes: BTreeMap::new(),
+            ended: None,
             stats: NetStats::default(),
         }
     }
@@ -344,33 +347,52 @@ impl Network {
         })
     }
 
-    /// The providers of `service` as node `i` finds them: held ones if there are at least
-    /// `want`, else a lookup that stops at `want` (run to the end of the lookup). `None` if the
-    /// lookup did not end within the lookup timeout and a request timeout.
+    /// The providers of `service` as node `i` finds them: see [`Network::discover_many`].
     pub fn discover(&mut self, i: usize, service: &str, want: usize) -> Option<Vec<Provider>> {
-        let key = service_key(service);
+        self.discover_many(&[(i, service, want)]).pop().flatten()
+    }
+
+    /// For each `(node, service, want)`, the providers of `service` as `node` finds them: held
+    /// ones if there are at least `want`, else a lookup that stops at `want` (`usize::MAX`: runs
+    /// to the end). All start at once, and the network runs until every lookup ended; `None`
+    /// for one that did not end within the lookup timeout and a request timeout.
+    pub fn discover_many(
+        &mut self,
+        queries: &[(usize, &str, usize)],
+    ) -> Vec<Option<Vec<Provider>>> {
         let now = self.now;
-        let node = &mut self.nodes[i];
-        let op = match node.dht.providers(&mut node.store, &key, want, now) {
-            Started::Done(held) => {
-                self.after_input(i);
-                return Some(held);
+        let mut answers: Vec<Option<Vec<Provider>>> = vec![None; queries.len()];
+        let mut running = Vec::new();
+        for (at, &(i, service, want)) in queries.iter().enumerate() {
+            let key = service_key(service);
+            let node = &mut self.nodes[i];
+            match node.dht.providers(&mut node.store, &key, want, now) {
+                Started::Done(held) => answers[at] = Some(held),
+                Started::Running(op) => running.push((at, i, op)),
             }
-            Started::Running(op) => op,
-        };
-        self.after_input(i);
+            self.after_input(i);
+        }
         let within = self.config.dht.lookup_timeout + self.config.dht.request_timeout;
         let deadline = self.now + within;
-        while !self.outcomes.contains_key(&(i, op)) {
+        let mut pending: BTreeSet<(usize, OpId)> =
+            running.iter().map(|(_, i, op)| (*i, *op)).collect();
+        self.ended = Some(Vec::new());
+        while !pending.is_empty() {
             let Some(next) = self.next_at().filter(|at| *at <= deadline) else {
                 break;
             };
             self.step(next);
+            for ended in self.ended.iter_mut().flat_map(|e| e.drain(..)) {
+                pending.remove(&ended);
+            }
         }
-        match self.outcome(i, op)? {
-            Outcome::Lookup(report) => Some(report.providers),
-            _ => None,
+        self.ended = None;
+        for (at, i, op) in running {
+            if let Some(Outcome::Lookup(report)) = self.outcome(i, op) {
+                answers[at] = Some(report.providers);
+            }
         }
+        answers
     }
 
     /// Runs the network for `d` of virtual time.
@@ -493,6 +515,9 @@ impl Network {
                 Action::Event(event) => self.count(&event),
                 Action::Done(op, outcome) => {
                     self.outcomes.insert((i, op), outcome);
+                    if let Some(ended) = self.ended.as_mut() {
+                        ended.push((i, op));
+                    }
                     self.settle_leaving(i, op);
                 }
             }

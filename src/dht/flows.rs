@@ -359,12 +359,13 @@ impl<S: StoreAccess> Cx<'_, S> {
                 self.lookup(op, target, Request::FindNode { target }, None, after, reply);
             }
             (AfterContact::Join, Err(e)) => {
+                self.after_join(false);
                 if reply {
                     self.done(op, Outcome::Joined(Err(e)));
                 }
             }
             (AfterContact::Rejoin, Err(JoinError::NoneAnswered(detail))) => {
-                self.dht.timers.refreshing = false;
+                self.after_join(true);
                 self.emit(Event::Trouble(Trouble::RejoinFailed { detail }));
             }
         }
@@ -571,9 +572,7 @@ impl<S: StoreAccess> Cx<'_, S> {
             }
             AfterLookup::Join | AfterLookup::Rejoin => {
                 let peers = self.dht.peers.len();
-                if matches!(state.then, AfterLookup::Rejoin) {
-                    self.dht.timers.refreshing = false;
-                }
+                self.after_join(matches!(state.then, AfterLookup::Rejoin));
                 self.emit(Event::Joined { peers });
                 if reply {
                     self.done(op, Outcome::Joined(Ok(peers)));

@@ -2,10 +2,14 @@
 //! node keeps house (record expiry, tombstone purge, due republishes) every `tick` and refreshes
 //! its buckets every `refresh_interval`.
 //!
-//! A refresh re-joins through the bootstrap nodes when the table is empty; otherwise it looks up
-//! the node's own id and a random id in each of the next `refresh_buckets` buckets (round robin
-//! from the farthest to the nearest non-empty one). Lookups meet the peers in those ranges, which
+//! A refresh re-joins through the bootstrap nodes when the table holds fewer than `k` nodes
+//! (after a bootstrap that failed, or through a node that was itself cut off, a node may know only
+//! a few others that know no one else either); otherwise it looks up the node's own id and a
+//! random id in each of the next `refresh_buckets` buckets (round robin from the farthest to the
+//! nearest non-empty one). Lookups meet the peers in those ranges, which
 //! refreshes them, finds newcomers and drops the dead. One refresh runs at a time.
+
+use std::time::Duration;
 
 use super::adverts::Command;
 use super::flows::{AfterContact, AfterLookup, Origin};
@@ -14,7 +18,11 @@ use crate::time::Time;
 use crate::wire::Request;
 use crate::{Failure, FailureKind};
 
-/// When housekeeping and refresh run next.
+/// The first wait before re-joining a table that holds fewer than `k` nodes; it doubles after
+/// each re-join that leaves it so, up to `refresh_interval`.
+const FIRST_REJOIN: Duration = Duration::from_secs(1);
+
+/// When housekeeping, refresh and re-joins run next.
 #[derive(Debug)]
 pub(crate) struct Timers {
     next_tick: Time,
@@ -22,6 +30,8 @@ pub(crate) struct Timers {
     refresh_cursor: usize,
     /// A refresh (or re-join) is running.
     pub refreshing: bool,
+    rejoin_at: Option<Time>,
+    rejoin_delay: Duration,
 }
 
 impl Timers {
@@ -31,12 +41,17 @@ impl Timers {
             next_refresh: now + config.refresh_interval,
             refresh_cursor: 0,
             refreshing: false,
+            rejoin_at: None,
+            rejoin_delay: FIRST_REJOIN,
         }
     }
 
-    /// The next housekeeping or refresh; none for a node that does not serve.
+    /// The next housekeeping, refresh or re-join; none for a node that does not serve.
     pub(crate) fn next(&self, config: &DhtConfig) -> Option<Time> {
-        config.serve.then(|| self.next_tick.min(self.next_refresh))
+        let periodic = self.next_tick.min(self.next_refresh);
+        config
+            .serve
+            .then(|| self.rejoin_at.map_or(periodic, |at| at.min(periodic)))
     }
 }
 
@@ -65,6 +80,11 @@ impl<S: StoreAccess> Cx<'_, S> {
                 self.dht.timers.next_tick = now + self.dht.config.tick;
                 self.housekeeping();
             }
+            if self.dht.timers.rejoin_at.is_some_and(|at| at <= now) && !self.dht.timers.refreshing
+            {
+                self.dht.timers.rejoin_at = None;
+                self.rejoin();
+            }
             if self.dht.timers.next_refresh <= now {
                 self.dht.timers.next_refresh = now + self.dht.config.refresh_interval;
                 if !self.dht.timers.refreshing {
@@ -90,14 +110,39 @@ impl<S: StoreAccess> Cx<'_, S> {
         }
     }
 
+    /// A bootstrap (`rejoin`: a re-join) ended. While the table holds fewer than `k` nodes, the
+    /// node re-joins through the bootstrap nodes again: a second later at first, then less and
+    /// less often. A node whose bootstrap failed, or that joined through a node cut off itself,
+    /// so finds the network as soon as its bootstrap nodes do.
+    pub(super) fn after_join(&mut self, rejoin: bool) {
+        let short = self.dht.peers.len() < self.dht.config.k && !self.dht.peers.seeds().is_empty();
+        let timers = &mut self.dht.timers;
+        if rejoin {
+            timers.refreshing = false;
+        }
+        if short {
+            timers.rejoin_at = Some(self.now + timers.rejoin_delay);
+            timers.rejoin_delay = (timers.rejoin_delay * 2).min(self.dht.config.refresh_interval);
+        } else {
+            timers.rejoin_at = None;
+            timers.rejoin_delay = FIRST_REJOIN;
+        }
+    }
+
+    /// Pings the bootstrap nodes, then looks up the node's own id.
+    fn rejoin(&mut self) {
+        let seeds = self.dht.peers.seeds().to_vec();
+        self.dht.timers.refreshing = true;
+        let op = self.dht.ops.next_op();
+        self.contact(op, &seeds, AfterContact::Rejoin, false);
+    }
+
     fn refresh(&mut self) {
+        if self.dht.peers.len() < self.dht.config.k && !self.dht.peers.seeds().is_empty() {
+            self.rejoin();
+            return;
+        }
         if self.dht.peers.is_empty() {
-            let seeds = self.dht.peers.seeds().to_vec();
-            if !seeds.is_empty() {
-                self.dht.timers.refreshing = true;
-                let op = self.dht.ops.next_op();
-                self.contact(op, &seeds, AfterContact::Rejoin, false);
-            }
             return;
         }
         let own = self.dht.id;
