@@ -1,9 +1,11 @@
 //! `macula_dht`: the sans-IO engine of Macula's Kademlia DHT for service discovery.
 //!
-//! No I/O, no clock, no threads: callers pass time in as `now_ms` and drive everything. The same
-//! engine runs inside the BEAM (through the NIF in `native/`) and in native nodes, so storage,
-//! routing and the wire format exist exactly once.
+//! No I/O, no clock, no threads: callers pass time in as an argument and drive everything. The
+//! same engine runs inside the BEAM (through the NIF in `native/`), in native nodes, and in the
+//! simulator, so storage, routing, every DHT decision and the wire format exist exactly once.
 //!
+//! - [`dht`]: one node's DHT logic as a state machine: table membership and liveness, answers
+//!   to peers, lookups, replication, republish, hand-off, removal, tombstones and refresh.
 //! - [`id`]: node ids, XOR distance, bucket index.
 //! - [`etf`]: a bounded, non-recursive reader of Erlang's External Term Format.
 //! - [`provider`]: a provider record located in its ETF bytes (`node_id`, `ttl`).
@@ -11,6 +13,11 @@
 //! - [`table`]: the k-bucket routing table with exact closest-node queries.
 //! - [`lookup`]: the iterative lookup state machine.
 //! - [`wire`]: the versioned request/response messages nodes exchange, as bounded ETF.
+//! - [`record`]: the provider map a node advertises, written and read.
+//! - [`settings`]: every user-facing setting with its default and range, defined once.
+//! - [`time`]: the time the host passes in.
+
+#![warn(missing_docs)]
 
 pub mod dht;
 pub mod etf;

@@ -160,6 +160,7 @@ impl<A: Clone> Lookup<A> {
         lookup
     }
 
+    /// The id looked up.
     pub fn target(&self) -> &NodeId {
         &self.target
     }

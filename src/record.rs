@@ -39,14 +39,20 @@ pub fn service_key(service: &str) -> [u8; 32] {
 /// Why an advertisement cannot be written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
+    /// The service name is empty.
     #[error("service name is empty")]
     EmptyService,
+    /// The endpoint is empty.
     #[error("endpoint is empty")]
     EmptyEndpoint,
+    /// The endpoint is longer than [`MAX_ENDPOINT_BYTES`].
     #[error("endpoint exceeds {MAX_ENDPOINT_BYTES} bytes")]
     EndpointTooLong,
+    /// The ttl is zero.
     #[error("ttl must be at least 1 second")]
     ZeroTtl,
+    /// More than [`MAX_METADATA_ENTRIES`] entries, or a key or value longer than
+    /// [`MAX_METADATA_BYTES`].
     #[error("metadata exceeds {MAX_METADATA_ENTRIES} entries or {MAX_METADATA_BYTES} bytes per key or value")]
     MetadataTooLarge,
 }
@@ -54,8 +60,11 @@ pub enum RecordError {
 /// What a node advertises for a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Advertisement {
+    /// Where callers reach the service, e.g. `https://calc.example:9443`.
     pub endpoint: String,
+    /// Free-form entries the record carries (`zone`, `load`, ...).
     pub metadata: BTreeMap<String, String>,
+    /// Seconds the record lives on other nodes without being published again (at least 1).
     pub ttl_secs: u32,
 }
 
@@ -109,11 +118,14 @@ pub struct Provider {
     /// The provider's `node_id` (for records made by a native node, its 32-byte id); empty when
     /// the record has none.
     pub node_id: Vec<u8>,
+    /// The `endpoint`, when it is a binary.
     pub endpoint: Option<String>,
     /// Metadata entries whose key and value are binaries, atoms or integers, as text; other
     /// entries are left out (they stay in [`Provider::term`]).
     pub metadata: BTreeMap<String, String>,
+    /// The `ttl`, in seconds, when it is a non-negative integer that fits.
     pub ttl_secs: Option<u32>,
+    /// The `advertised_at`, in Unix seconds, when it is a non-negative integer.
     pub advertised_at: Option<u64>,
     /// The whole record, term bytes without the version byte, exactly as stored.
     pub term: Vec<u8>,

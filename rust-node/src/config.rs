@@ -38,19 +38,41 @@ pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 /// Why the settings are unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The TOML file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why it could not be read.
         source: std::io::Error,
     },
+    /// The TOML file is not valid, or has a key this version does not know.
     #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, on one line, with the line number.
+        message: String,
+    },
+    /// Neither `--listen` nor `listen` was given.
     #[error("no listen address: give --listen or `listen` in the config file")]
     NoListen,
+    /// An address does not parse or resolve.
     #[error("invalid address {value:?}: {reason}")]
-    Address { value: String, reason: String },
+    Address {
+        /// The address as given.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// An `--advertise` is not `SERVICE=ENDPOINT[@TTL]`.
     #[error("invalid advertisement {value:?}: {reason}")]
-    Advertise { value: String, reason: String },
+    Advertise {
+        /// The advertisement as given.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// A setting out of its range, named.
     #[error(transparent)]
     Setting(#[from] SettingError),
@@ -62,8 +84,11 @@ pub enum ConfigError {
 /// One `SERVICE=ENDPOINT[@TTL]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdvertiseSpec {
+    /// The service name.
     pub service: String,
+    /// Where it is reached.
     pub endpoint: String,
+    /// Its ttl, in seconds ([`DEFAULT_TTL_SECS`] when not given).
     pub ttl_secs: u32,
 }
 
@@ -107,15 +132,25 @@ impl FromStr for AdvertiseSpec {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunOptions {
+    /// `--listen`: the address to listen on.
     pub listen: Option<String>,
+    /// `--bootstrap`: nodes to join through.
     pub bootstrap: Option<Vec<String>>,
+    /// `--identity`: the key file.
     pub identity: Option<PathBuf>,
+    /// `--advertise`: `SERVICE=ENDPOINT[@TTL]` to advertise from the start.
     pub advertise: Option<Vec<String>>,
+    /// `--k` ([`settings::K`]).
     pub k: Option<usize>,
+    /// `--alpha` ([`settings::ALPHA`]).
     pub alpha: Option<usize>,
+    /// `--ctl`: the control socket's path.
     pub ctl: Option<PathBuf>,
+    /// `--log`: one of [`LOG_LEVELS`].
     pub log: Option<String>,
+    /// `--request-timeout-ms` ([`settings::REQUEST_TIMEOUT_MS`]).
     pub request_timeout_ms: Option<u64>,
+    /// `--lookup-timeout-ms` ([`settings::LOOKUP_TIMEOUT_MS`]).
     pub lookup_timeout_ms: Option<u64>,
 }
 
@@ -200,13 +235,19 @@ impl RunOptions {
 /// What `rust-node run` runs with.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
+    /// The address to listen on.
     pub listen: SocketAddr,
+    /// Nodes to join through.
     pub bootstrap: Vec<SocketAddr>,
     /// Key file; `None`: a fresh identity for this run only.
     pub identity: Option<PathBuf>,
+    /// Services advertised from the start.
     pub advertise: Vec<AdvertiseSpec>,
+    /// The control socket's path, if one is served.
     pub ctl: Option<PathBuf>,
+    /// The log level.
     pub log: String,
+    /// The node's settings.
     pub node: NodeConfig,
 }
 

@@ -8,13 +8,15 @@
 //! - [`tls`]: mutual TLS 1.3 without a CA, where a peer's id is proven by its handshake signature;
 //! - [`transport`]: request/response over QUIC, one bidirectional stream per request, with every
 //!   resource bounded;
-//! - [`node`]: the DHT runtime: answering requests, lookups, replication, removal, expiry,
-//!   republish, hand-off and refresh, behind an async client API;
-//! - [`record`]: the provider map a node advertises, written and read;
+//! - [`node`]: the DHT runtime: the engine's state machine (`macula_dht::dht`) driven over the
+//!   endpoint with a clock and tasks, behind an async client API;
+//! - [`record`]: provider records as the runtime shows them;
 //! - [`shared_store`]: the provider store a node serves from, shareable with its host;
 //! - [`ctl`]: the local control socket of a running node;
 //! - [`config`]: the `rust-node run` settings, from flags and a TOML file;
 //! - [`testnet`]: many nodes in one process, for tests and benches.
+
+#![warn(missing_docs)]
 
 pub mod config;
 pub mod ctl;

@@ -31,18 +31,22 @@ impl Testnet {
         Ok(Testnet { nodes })
     }
 
+    /// The running nodes, in start order.
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
     }
 
+    /// Node `i`, if there is one.
     pub fn node(&self, i: usize) -> Option<&Node> {
         self.nodes.get(i)
     }
 
+    /// How many nodes run.
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
 
+    /// Whether none runs.
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }

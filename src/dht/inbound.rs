@@ -19,7 +19,7 @@ impl<S: StoreAccess> Cx<'_, S> {
     /// The reply to `request` from `from`.
     pub(super) fn answer(&mut self, from: NodeInfo, request: Request) -> Response {
         self.observe_request(from);
-        let response = match request {
+        match request {
             Request::Ping => Response::Pong,
             Request::FindNode { target } => Response::Nodes {
                 nodes: self.dht.peers.closest(&target, self.dht.config.k),
@@ -31,8 +31,7 @@ impl<S: StoreAccess> Cx<'_, S> {
                 self.forward_remove(&key, &node_id, Some(from.id));
                 Response::Removed
             }
-        };
-        response
+        }
     }
 
     /// A peer sent us a request. Known at that address: refreshed. Otherwise it is pinged back

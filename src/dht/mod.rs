@@ -41,6 +41,7 @@ use std::time::Duration;
 
 pub use config::DhtConfig;
 pub use events::{Event, LookupKind, LookupSummary, Trouble};
+pub use adverts::MAX_WAITING;
 pub use peers::MAX_SEEDS;
 
 use crate::provider::{ProviderError, ProviderRecord};
@@ -247,7 +248,7 @@ pub enum AdvertError {
         /// The bound.
         max: usize,
     },
-    /// [`adverts::MAX_WAITING`] commands of this service are waiting already.
+    /// [`MAX_WAITING`] commands of this service are waiting already.
     #[error("{service} has too many publishes and withdrawals waiting")]
     Busy {
         /// The service's name.
