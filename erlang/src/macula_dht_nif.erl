@@ -8,13 +8,14 @@
 -export([new/2, close/1,
          store_put/3, store_get/2, store_delete/3, store_keys/1, store_expire/1,
          table_add/2, table_remove/2, table_closest/3, table_size/1, table_buckets/1,
-         stats/1, sha256/1,
+         stats/1, sha256/1, settings/0,
          identity/1, net_check/1, net_start/3, net_events/2, net_find_value/4, net_store/3,
          net_address/1, net_peers/1]).
 
 -on_load(load/0).
 
--export_type([handle/0, identity_key/0, net_settings/0, address/0, stats/0, put_error/0]).
+-export_type([handle/0, identity_key/0, net_settings/0, address/0, stats/0, put_error/0,
+              setting/0]).
 
 -define(LIB, "libmacula_dht_nif").
 %% The body of every NIF stub, replaced when the library loads. A direct call, not a helper
@@ -63,7 +64,15 @@
                    lookups := non_neg_integer(),
                    lookup_timeouts := non_neg_integer(),
                    lookup_p50_us := non_neg_integer(),
-                   lookup_p99_us := non_neg_integer()}.
+                   lookup_p99_us := non_neg_integer(),
+                   lookup_failures := non_neg_integer(),
+                   store_failures := non_neg_integer(),
+                   remove_failures := non_neg_integer(),
+                   handoff_failures := non_neg_integer()}.
+%% One integer setting of the engine's table: {Name, Default, Min, Max}.
+-type setting() :: {atom(), non_neg_integer(), non_neg_integer(), non_neg_integer()}.
+%% Why the network settings were refused, naming the setting (`listen', `bootstrap', `k', ...).
+-type invalid_settings() :: {invalid_settings, Setting :: atom(), Why :: binary()}.
 %% Why the store refused a record (`reply::store_error' and the checks of `put').
 -type put_error() :: {invalid_key, not_a_binary}
                    | {invalid_provider, not_a_map | malformed | invalid_node_id | invalid_ttl}
@@ -151,6 +160,13 @@ stats(_Node) -> ?NIF_STUB.
 -spec sha256(binary()) -> <<_:256>>.
 sha256(_Data) -> ?NIF_STUB.
 
+%% @doc The settings `macula_routing_server' accepts, from the engine's table (one source for
+%% Rust and Erlang): `server' holds every setting with its default and range, `network' what
+%% network mode adds or narrows (a reply on the wire carries at most 64 nodes, a key at most
+%% 1 KiB).
+-spec settings() -> #{server := [setting()], network := [setting()]}.
+settings() -> ?NIF_STUB.
+
 %% @doc Loads the identity key at `Path' (a new one is written there when missing), or makes a
 %% new one for `undefined'; any other term is `{error, {identity, not_a_binary}}'. The node id is
 %% the key's id.
@@ -161,7 +177,7 @@ identity(_PathOrUndefined) -> ?NIF_STUB.
 
 %% @doc Whether a server could start with these settings: addresses resolve, the node config is
 %% within bounds, and the listen address can be bound now.
--spec net_check(net_settings()) -> ok | {error, {invalid_settings, Why :: binary()}}.
+-spec net_check(net_settings()) -> ok | {error, invalid_settings()}.
 net_check(_Settings) -> ?NIF_STUB.
 
 %% @doc Joins the network; the owner gets `{macula_dht_net, {bootstrap, {ok, Peers} |
@@ -169,15 +185,16 @@ net_check(_Settings) -> ?NIF_STUB.
 %% `net_events(Node, true)'.
 -spec net_start(handle(), identity_key(), net_settings()) ->
           {ok, address()}
-        | {error, already_networked | {identity | invalid_settings | runtime | listen, binary()}}.
+        | {error, already_networked | invalid_settings() | {identity | runtime | listen, binary()}}.
 net_start(_Node, _IdentityKey, _Settings) -> ?NIF_STUB.
 
 -spec net_events(handle(), On :: boolean()) -> ok.
 net_events(_Node, _On) -> ?NIF_STUB.
 
 %% @doc `{ok, Providers}' when this node holds at least `Want'; else `ok', and the caller gets
-%% `{macula_dht_lookup, Tag, {ok, Providers} | {error, lookup_failed | corrupt_record}}' within
-%% the node's lookup timeout.
+%% `{macula_dht_lookup, Tag, Result}' within the node's lookup timeout: `{ok, Providers}',
+%% `{no_answer, Providers}' when no peer answered (the providers are this node's own), or
+%% `{error, lookup_failed | corrupt_record}'.
 -spec net_find_value(handle(), Key :: term(), Want :: non_neg_integer(), Tag :: term()) ->
           ok | {ok, [provider(), ...]}
         | {error, {invalid_key, not_a_binary} | not_networked | overloaded | corrupt_record}.

@@ -2,7 +2,10 @@
 %%
 %% Existing callers pass `#{k => 20, alpha => 3}'; every other setting has a default, unknown keys
 %% are ignored (as before), and a known key with a bad value is refused with
-%% `{error, {invalid_config, Key, Value}}' before any process starts.
+%% `{error, {invalid_config, Key, Value}}' before any process starts. Defaults and ranges come from
+%% the engine's settings table (`macula_dht_nif:settings/0'), the one the Rust node and its
+%% command line read too; network mode narrows a few (`k' at most 64, as a reply carries at most
+%% 64 nodes).
 %%
 %% Network mode is on when `listen' is given; the parsed config then holds
 %% `network => #{listen, bootstrap, identity, lookup_timeout_ms, request_timeout_ms}', with
@@ -32,50 +35,28 @@
                      lookup_timeout_ms := pos_integer(),
                      request_timeout_ms := pos_integer()}.
 -type address() :: {inet:ip_address(), inet:port_number()} | string() | binary().
-%% {Key, Default, Min, Max} of an integer setting.
--type setting() :: {atom(), integer(), integer(), integer()}.
+-type setting() :: macula_dht_nif:setting().
 -type invalid() :: {error, {invalid_config, Key :: atom(), Value :: term()}}.
 %% Reads one network setting: `{ok, Parsed}' or `error'.
 -type reader() :: fun((term()) -> {ok, term()} | error).
-
-%% Upper bounds keep a typo from asking for absurd memory or timers.
--define(SETTINGS, [
-    %% {Key, Default, Min, Max}
-    {k, 20, 1, 65536},
-    {alpha, 3, 1, 64},
-    {replacements, 8, 0, 1024},
-    {max_keys, 1000000, 1, 100000000},
-    {max_providers_per_key, 1000, 1, 1000000},
-    {max_record_bytes, 65536, 64, 16777216},
-    {max_key_bytes, 1024, 1, 65536},
-    {default_ttl, 300, 1, 31536000},
-    {max_ttl, 86400, 1, 31536000},
-    %% keys whose decoded provider lists are kept for fast repeated reads (0 = none)
-    {read_cache, 1024, 0, 1000000},
-    {expire_interval_ms, 1000, 10, 3600000}
-]).
-
-%% Network settings with a default, read only in network mode.
--define(NETWORK_SETTINGS, [
-    %% a find_value that misses locally replies within this, whatever peers do
-    {lookup_timeout_ms, 5000, 1, 600000},
-    %% one request to one peer
-    {request_timeout_ms, 2000, 1, 600000}
-]).
 
 %% Bootstrap addresses taken; the runtime remembers at most this many for re-joining.
 -define(MAX_BOOTSTRAP, 16).
 -define(MAX_ADDRESS_BYTES, 255).
 -define(MAX_PATH_BYTES, 4096).
 
+%% @doc The value of every setting when none is given (a single-node server).
 -spec defaults() -> config().
 defaults() ->
-    (maps:from_list([{Key, Default} || {Key, Default, _, _} <- ?SETTINGS]))#{network => undefined}.
+    #{server := Server} = macula_dht_nif:settings(),
+    (maps:from_list([{Key, Default} || {Key, Default, _, _} <- Server]))#{network => undefined}.
 
+%% @doc The config map as the server runs with it, or the first setting refused.
 -spec parse(term()) -> {ok, config()} | invalid().
 parse(Config) when is_map(Config) ->
-    case parse(?SETTINGS, Config, #{}) of
-        {ok, Parsed} -> network(Config, Parsed);
+    #{server := Server, network := Network} = macula_dht_nif:settings(),
+    case parse(Server, Config, #{}) of
+        {ok, Parsed} -> network(Config, Parsed, Network);
         Error -> Error
     end;
 parse(Config) ->
@@ -95,8 +76,10 @@ parse([{Key, Default, Min, Max} | Rest], Config, Acc) ->
             {error, {invalid_config, Key, Value}}
     end.
 
--spec network(map(), #{atom() => integer()}) -> {ok, config()} | invalid().
-network(#{listen := Listen} = Config, Parsed) ->
+%% In network mode: the addresses and identity, then the network's settings, whose values are
+%% the ones parsed already where a setting is in both lists (checked again in the narrower range).
+-spec network(map(), #{atom() => integer()}, [setting()]) -> {ok, config()} | invalid().
+network(#{listen := Listen} = Config, Parsed, Settings) ->
     Bootstrap = maps:get(bootstrap, Config, []),
     Identity = maps:get(identity, Config, undefined),
     Checks = [{listen, Listen, fun address/1},
@@ -104,14 +87,17 @@ network(#{listen := Listen} = Config, Parsed) ->
               {identity, Identity, fun path/1}],
     case check(Checks, #{}) of
         {ok, Network} ->
-            case parse(?NETWORK_SETTINGS, Config, #{}) of
-                {ok, Timeouts} -> {ok, Parsed#{network => maps:merge(Network, Timeouts)}};
-                Error -> Error
+            case parse(Settings, maps:merge(Config, Parsed), #{}) of
+                {ok, Checked} ->
+                    Own = maps:without(maps:keys(Parsed), Checked),
+                    {ok, Parsed#{network => maps:merge(Network, Own)}};
+                Error ->
+                    Error
             end;
         Error ->
             Error
     end;
-network(_Config, Parsed) ->
+network(_Config, Parsed, _Settings) ->
     {ok, Parsed#{network => undefined}}.
 
 -spec check([{atom(), term(), reader()}], map()) -> {ok, map()} | invalid().

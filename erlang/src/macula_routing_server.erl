@@ -76,7 +76,9 @@
 -record(node, {pid :: pid(), handle :: macula_dht_nif:handle(), local_id :: binary(),
                k :: pos_integer(),
                %% in network mode: how long a network lookup may take; else `undefined'
-               lookup_timeout :: pos_integer() | undefined}).
+               lookup_timeout :: pos_integer() | undefined,
+               %% in network mode: when a lookup that got no answer was last logged (ms)
+               no_answer_logged :: atomics:atomics_ref() | undefined}).
 -record(state, {node :: #node{},
                 config :: macula_routing_config:config(),
                 %% Pid => {Monitor, [event_kind()]}
@@ -88,6 +90,8 @@
 -define(MAX_WANT, 1 bsl 20).
 %% Beyond the lookup timeout, how long a caller waits for a lookup task that died unnoticed.
 -define(LOOKUP_GRACE_MS, 1000).
+%% Lookups that got no answer are logged at most this often (each is counted in stats/1).
+-define(NO_ANSWER_LOG_MS, 10000).
 
 %% An atom key: its hash is precomputed, and every API call reads this slot.
 -define(SLOT, macula_routing_server_node).
@@ -103,12 +107,14 @@
 %% the identity's id.
 -spec start_link(binary() | auto, map()) -> {ok, pid()} | {error, term()}.
 start_link(LocalNodeId, Config) when is_binary(LocalNodeId); LocalNodeId =:= auto ->
-    case {macula_routing_config:parse(Config), code:ensure_loaded(macula_dht_nif)} of
-        {{ok, Parsed}, {module, _}} ->
-            start(LocalNodeId, Parsed);
-        {{error, _} = Error, _} ->
-            Error;
-        {_, {error, Why}} ->
+    %% The config is checked against the NIF's settings table: the NIF first.
+    case code:ensure_loaded(macula_dht_nif) of
+        {module, _} ->
+            case macula_routing_config:parse(Config) of
+                {ok, Parsed} -> start(LocalNodeId, Parsed);
+                {error, _} = Error -> Error
+            end;
+        {error, Why} ->
             {error, {nif_not_loaded, Why}}
     end;
 start_link(LocalNodeId, _Config) ->
@@ -260,8 +266,8 @@ execute({find_value, Key, _K}, #node{handle = H, lookup_timeout = undefined}) ->
         not_found -> {ok, []};
         Other -> Other
     end;
-execute({find_value, Key, K}, #node{handle = H, lookup_timeout = Timeout}) ->
-    network_find_value(H, Key, K, Timeout);
+execute({find_value, Key, K}, Node) ->
+    network_find_value(Node, Key, K);
 execute(get_all_keys, #node{handle = H}) ->
     {ok, macula_dht_nif:store_keys(H)};
 execute({add_node, NodeInfo}, #node{handle = H}) ->
@@ -296,23 +302,43 @@ execute(_Unknown, _Node) ->
 
 %% Answered from the local store when it holds at least K providers, else by a lookup on the
 %% runtime whose reply comes by message: within the timeout, or at once as
-%% `{error, lookup_failed}' if the task died; the grace period covers anything else.
--spec network_find_value(macula_dht_nif:handle(), Key :: term(), K :: term(),
-                         Timeout :: pos_integer()) -> {ok, [provider()]} | error().
-network_find_value(H, Key, K, Timeout) when is_integer(K), K > 0, K =< ?MAX_WANT ->
+%% `{error, lookup_failed}' if the task died; the grace period covers anything else. A lookup
+%% that no peer answered still returns `{ok, Providers}' (what this node holds), as callers
+%% expect, but is logged and counted, so that it is not mistaken for a key nobody provides.
+-spec network_find_value(#node{}, Key :: term(), K :: term()) -> {ok, [provider()]} | error().
+network_find_value(#node{handle = H, lookup_timeout = Timeout} = Node, Key, K)
+  when is_integer(K), K > 0, K =< ?MAX_WANT ->
     Tag = make_ref(),
     case macula_dht_nif:net_find_value(H, Key, K, Tag) of
         ok ->
             receive
-                {macula_dht_lookup, Tag, Result} -> Result
+                {macula_dht_lookup, Tag, {no_answer, Providers}} ->
+                    log_no_answer(Node, length(Providers)),
+                    {ok, Providers};
+                {macula_dht_lookup, Tag, Result} ->
+                    Result
             after Timeout + ?LOOKUP_GRACE_MS ->
                 {error, timeout}
             end;
         Answered ->
             Answered
     end;
-network_find_value(_H, _Key, K, _Timeout) ->
+network_find_value(_Node, _Key, K) ->
     {error, {invalid_count, K}}.
+
+%% Logs a lookup that got no answer, at most once per `?NO_ANSWER_LOG_MS' whichever process ran
+%% it: an isolated node's callers would otherwise fill the log.
+-spec log_no_answer(#node{}, non_neg_integer()) -> ok.
+log_no_answer(#node{no_answer_logged = Logged}, Held) ->
+    Now = erlang:monotonic_time(millisecond),
+    Last = atomics:get(Logged, 1),
+    case Now - Last >= ?NO_ANSWER_LOG_MS andalso atomics:compare_exchange(Logged, 1, Last, Now) =:= ok of
+        true ->
+            logger:warning("macula_dht: a find_value lookup got no answer from any peer; answered "
+                           "with the ~b provider(s) held here (stats/1: lookup_failures)", [Held]);
+        false ->
+            ok
+    end.
 
 %% What a DHT message may do to this node.
 -spec dispatch_ops(#node{}) -> macula_routing_dispatch:ops().
@@ -351,7 +377,10 @@ join(#node{handle = H} = Node, IdentityKey, #{network := Network} = Config) ->
             {ok, Text} = macula_routing_config:address(Address),
             logger:info("macula_dht: node ~ts listening on ~ts",
                         [macula_routing_nodeid:to_hex(Node#node.local_id), Text]),
-            {ok, Node#node{lookup_timeout = maps:get(lookup_timeout_ms, Network)}};
+            Logged = atomics:new(1, [{signed, true}]),
+            atomics:put(Logged, 1, erlang:monotonic_time(millisecond) - ?NO_ANSWER_LOG_MS),
+            {ok, Node#node{lookup_timeout = maps:get(lookup_timeout_ms, Network),
+                           no_answer_logged = Logged}};
         {error, _} = Error ->
             Error
     end.

@@ -42,10 +42,25 @@ parse_network_refuses_bad_values_test_() ->
            {identity, 42},
            {identity, ""},
            {lookup_timeout_ms, 0},
-           {request_timeout_ms, infinity}],
+           {request_timeout_ms, infinity},
+           %% narrower on the network: a reply carries at most 64 nodes, a key at most 1 KiB
+           {k, 65},
+           {max_key_bytes, 1025}],
     [?_assertEqual({error, {invalid_config, Key, Value}},
                    macula_routing_config:parse(maps:merge(#{listen => Listen}, #{Key => Value})))
      || {Key, Value} <- Bad].
+
+%% One table for Rust and Erlang: the defaults and ranges are the engine's.
+settings_come_from_the_engine_test() ->
+    #{server := Server, network := Network} = macula_dht_nif:settings(),
+    ?assertEqual({k, 20, 1, 65536}, lists:keyfind(k, 1, Server)),
+    ?assertEqual({k, 20, 1, 64}, lists:keyfind(k, 1, Network)),
+    ?assertEqual({lookup_timeout_ms, 5000, 1, 600000}, lists:keyfind(lookup_timeout_ms, 1, Network)),
+    Defaults = macula_routing_config:defaults(),
+    [?assertEqual(Default, maps:get(Name, Defaults)) || {Name, Default, _, _} <- Server],
+    %% Without `listen', the old server's range of `k' stays.
+    ?assertMatch({ok, #{k := 65536}}, macula_routing_config:parse(#{k => 65536})),
+    ?assertEqual({error, {invalid_config, k, 65537}}, macula_routing_config:parse(#{k => 65537})).
 
 %% Without `listen', network keys are ignored like any unknown key.
 network_keys_without_listen_are_ignored_test() ->
@@ -108,15 +123,19 @@ refused_settings_test_() ->
         NotAKey = filename:join(Dir, "not-a.key"),
         ok = file:write_file(NotAKey, <<"not a key">>),
         {ok, BusyPort} = inet:port(Busy),
-        Refusals = [#{listen => {?LOOPBACK, BusyPort}},
-                    #{listen => {?LOOPBACK, 0}, bootstrap => ["no-such-host.invalid:4000"]},
-                    #{listen => {?LOOPBACK, 0}, k => 65},
-                    #{listen => {?LOOPBACK, 0}, identity => NotAKey},
-                    #{listen => "not an address"}],
+        %% Each refusal names the setting: the reason starts with these elements.
+        Refusals = [{#{listen => {?LOOPBACK, BusyPort}}, [invalid_settings, listen]},
+                    {#{listen => {?LOOPBACK, 0}, bootstrap => ["no-such-host.invalid:4000"]},
+                     [invalid_settings, bootstrap]},
+                    {#{listen => {?LOOPBACK, 0}, k => 65}, [invalid_config, k]},
+                    {#{listen => {?LOOPBACK, 0}, identity => NotAKey}, [identity]},
+                    {#{listen => "not an address"}, [invalid_settings, listen]}],
         try
-            [?assertMatch({{error, _}, undefined},
-                          {macula_routing_server:start_link(auto, C), whereis(macula_routing_server)})
-             || C <- Refusals]
+            [begin
+                 {error, Reason} = macula_routing_server:start_link(auto, C),
+                 ?assertEqual(undefined, whereis(macula_routing_server)),
+                 ?assertEqual(Named, lists:sublist(tuple_to_list(Reason), length(Named)))
+             end || {C, Named} <- Refusals]
         after
             gen_udp:close(Busy)
         end
@@ -131,6 +150,7 @@ single_networked_node_test_() ->
         ?_assertEqual([], macula_routing_server:peers(P)),
         ?_test(alone_it_answers_for_every_key(P)),
         ?_test(stats_have_the_network_counters(P)),
+        ?_test(a_lookup_nobody_answered_is_counted(P)),
         ?_test(subscriptions_are_checked(P))
      ] end}.
 
@@ -154,8 +174,17 @@ stats_have_the_network_counters(P) ->
     [?assert(is_integer(maps:get(Name, Stats)))
      || Name <- [keys, records, bytes, expired, rejected, nodes, nif_allocated_bytes, peers,
                  requests, bad_requests, tombstones, lookups, lookup_timeouts, lookup_p50_us,
-                 lookup_p99_us]],
+                 lookup_p99_us, lookup_failures, store_failures, remove_failures,
+                 handoff_failures]],
     ?assertEqual(0, maps:get(peers, Stats)).
+
+%% Alone, a miss asks no one: the caller gets the old `{ok, []}', and the failure is counted
+%% (and logged), so that it is not mistaken for a service nobody provides.
+a_lookup_nobody_answered_is_counted(P) ->
+    #{lookup_failures := Before, lookups := Lookups} = macula_routing_server:stats(P),
+    ?assertEqual({ok, []}, macula_routing_server:find_value(P, <<"asked no one">>, 20)),
+    ?assertMatch(#{lookup_failures := F, lookups := L} when F =:= Before + 1 andalso L =:= Lookups + 1,
+                 macula_routing_server:stats(P)).
 
 subscriptions_are_checked(P) ->
     ?assertEqual({error, {invalid_event_kinds, [everything]}},

@@ -14,6 +14,7 @@ mod term_builder;
 
 use std::cell::RefCell;
 
+use macula_dht::settings::{self, Setting};
 use macula_dht::store::StoreLimits;
 use macula_dht::table::TableConfig;
 use macula_dht::{etf, NodeId};
@@ -317,6 +318,30 @@ fn table_buckets<'a>(env: Env<'a>, node: &'a Node) -> Term<'a> {
 #[rustler::nif]
 fn sha256<'a>(env: Env<'a>, data: Binary<'a>) -> Term<'a> {
     reply::binary(env, &Sha256::digest(data.as_slice()))
+}
+
+/// The settings `macula_routing_server` accepts, from the engine's one table:
+/// `#{server => [{Name, Default, Min, Max}], network => [...]}`, `network` holding what network
+/// mode adds or narrows.
+#[rustler::nif]
+fn settings(env: Env<'_>) -> Term<'_> {
+    let list = |table: &[Setting]| -> Vec<Term<'_>> {
+        table
+            .iter()
+            .filter_map(|s| {
+                // Names come from the engine's fixed table.
+                let name = rustler::Atom::from_str(env, s.name).ok()?;
+                Some((name, s.default, s.min, s.max).encode(env))
+            })
+            .collect()
+    };
+    reply::map(
+        env,
+        &[
+            (atoms::server(), list(&settings::SERVER).encode(env)),
+            (atoms::network(), list(&settings::NETWORK).encode(env)),
+        ],
+    )
 }
 
 #[rustler::nif]

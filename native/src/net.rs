@@ -23,6 +23,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use macula_dht::etf;
+use macula_dht::settings::{self, Setting, SettingError};
 use macula_dht::wire::NodeInfo;
 use macula_dht_node::config::resolve_addr;
 use macula_dht_node::{DhtConfig, Event, Host, Identity, LookupKind, LookupSummary, NodeConfig};
@@ -51,7 +52,7 @@ mod net_atoms {
         already_networked, identity, listen, invalid_settings, runtime,
         address, kind, target, providers, queried, failed, hops, elapsed_us, timed_out,
         bootstrap_addrs = "bootstrap", lookup_timeout_ms, request_timeout_ms, alpha,
-        find_node, find_value,
+        find_node, find_value, no_answer,
     }
 }
 
@@ -170,40 +171,55 @@ struct Settings {
 }
 
 impl Settings {
-    fn from_term(term: Term<'_>) -> Result<Settings, String> {
-        let text = |t: Term<'_>| -> Result<String, String> {
-            Binary::from_term(t)
-                .map(|b| String::from_utf8_lossy(b.as_slice()).into_owned())
-                .map_err(|_| "addresses must be binaries".to_string())
+    /// Reads the settings map; a value that cannot be used is an error naming its setting.
+    fn from_term(term: Term<'_>) -> Result<Settings, SettingError> {
+        let get = |setting: &'static str, key: Atom| {
+            term.map_get(key).map_err(|_| SettingError::Invalid {
+                setting,
+                reason: "missing".into(),
+            })
         };
-        let get = |key: Atom| term.map_get(key).map_err(|_| format!("missing {key:?}"));
-        let int = |key: Atom| -> Result<u64, String> {
-            get(key)?
+        let addr = |setting: &'static str, t: Term<'_>| -> Result<SocketAddr, SettingError> {
+            let invalid = |reason: String| SettingError::Invalid { setting, reason };
+            let text = Binary::from_term(t).map_err(|_| invalid("not a binary".into()))?;
+            resolve_addr(&String::from_utf8_lossy(text.as_slice()))
+                .map_err(|e| invalid(e.to_string()))
+        };
+        let int = |setting: Setting, key: Atom| -> Result<u64, SettingError> {
+            get(setting.name, key)?
                 .decode::<u64>()
-                .map_err(|_| format!("{key:?} must be an integer"))
+                .map_err(|_| setting.invalid("not a non-negative integer"))
         };
-        let listen = resolve_addr(&text(get(net_atoms::listen())?)?).map_err(|e| e.to_string())?;
-        let bootstrap_list: Vec<Term<'_>> = get(net_atoms::bootstrap_addrs())?
+        let size = |setting: Setting, key: Atom| -> Result<usize, SettingError> {
+            usize::try_from(int(setting, key)?).map_err(|_| setting.invalid("too large"))
+        };
+        let listen = addr("listen", get("listen", net_atoms::listen())?)?;
+        let bootstrap_list: Vec<Term<'_>> = get("bootstrap", net_atoms::bootstrap_addrs())?
             .decode()
-            .map_err(|_| "bootstrap must be a list".to_string())?;
+            .map_err(|_| SettingError::Invalid {
+                setting: "bootstrap",
+                reason: "not a list".into(),
+            })?;
         let bootstrap = bootstrap_list
             .into_iter()
-            .map(|t| resolve_addr(&text(t)?).map_err(|e| e.to_string()))
+            .map(|t| addr("bootstrap", t))
             .collect::<Result<Vec<_>, _>>()?;
-        let size = |key: Atom| -> Result<usize, String> {
-            usize::try_from(int(key)?).map_err(|_| format!("{key:?} is too large"))
-        };
+        let ms = |setting: Setting, key: Atom| int(setting, key).map(Duration::from_millis);
         let config = NodeConfig {
             dht: DhtConfig {
-                k: size(atoms::k())?,
-                alpha: size(net_atoms::alpha())?,
-                replacements: size(atoms::replacements())?,
-                lookup_timeout: Duration::from_millis(int(net_atoms::lookup_timeout_ms())?),
-                request_timeout: Duration::from_millis(int(net_atoms::request_timeout_ms())?),
+                k: size(settings::K, atoms::k())?,
+                alpha: size(settings::ALPHA, net_atoms::alpha())?,
+                replacements: size(settings::REPLACEMENTS, atoms::replacements())?,
+                lookup_timeout: ms(settings::LOOKUP_TIMEOUT_MS, net_atoms::lookup_timeout_ms())?,
+                request_timeout: ms(
+                    settings::REQUEST_TIMEOUT_MS,
+                    net_atoms::request_timeout_ms(),
+                )?,
                 ..DhtConfig::default()
             },
             ..NodeConfig::default()
         };
+        config.dht.validate()?;
         Ok(Settings {
             listen,
             bootstrap,
@@ -212,19 +228,30 @@ impl Settings {
     }
 }
 
+/// `{error, {invalid_settings, Setting, Reason}}`.
+fn invalid_settings<'a>(env: Env<'a>, e: &SettingError) -> Term<'a> {
+    // Setting names come from the engine's fixed table, never from the caller.
+    let setting = Atom::from_str(env, e.setting())
+        .map_or_else(|_| net_atoms::undefined().encode(env), |a| a.encode(env));
+    reply::error(env, (net_atoms::invalid_settings(), setting, e.to_string()))
+}
+
 /// Checks network settings before a server starts: the addresses resolve, the node config is
-/// within bounds, and the listen address can be bound right now. `ok` or `{error, Reason}`.
+/// within bounds, and the listen address can be bound right now. `ok` or
+/// `{error, {invalid_settings, Setting, Reason}}`.
 #[rustler::nif(schedule = "DirtyIo")]
 fn net_check<'a>(env: Env<'a>, settings: Term<'a>) -> Term<'a> {
     let checked = Settings::from_term(settings).and_then(|s| {
-        s.config.validate().map_err(|e| e.to_string())?;
         std::net::UdpSocket::bind(s.listen)
             .map(drop)
-            .map_err(|e| format!("cannot listen on {}: {e}", s.listen))
+            .map_err(|e| SettingError::Invalid {
+                setting: "listen",
+                reason: format!("cannot listen on {}: {e}", s.listen),
+            })
     });
     match checked {
         Ok(()) => atoms::ok().encode(env),
-        Err(why) => reply::error(env, (net_atoms::invalid_settings(), why)),
+        Err(e) => invalid_settings(env, &e),
     }
 }
 
@@ -250,7 +277,7 @@ fn net_start<'a>(
     }
     let settings = match Settings::from_term(settings) {
         Ok(settings) => settings,
-        Err(why) => return fail(net_atoms::invalid_settings(), why),
+        Err(e) => return invalid_settings(env, &e),
     };
     let runtime = match runtime() {
         Ok(runtime) => runtime,
@@ -319,7 +346,9 @@ fn net_events(node: &Node, on: bool) -> Atom {
 
 /// The providers of `key`: `{ok, Providers}` at once when this node holds at least `want`;
 /// otherwise `ok`, and a lookup that stops once `want` providers are known sends the caller
-/// `{macula_dht_lookup, Tag, Result}` (see `Node::providers`).
+/// `{macula_dht_lookup, Tag, Result}` (see `Node::providers`). `Result` is `{ok, Providers}`, or
+/// `{no_answer, Providers}` when no peer answered the lookup (or none was known), so that a
+/// failed lookup is not mistaken for a key nobody provides.
 #[rustler::nif]
 fn net_find_value<'a>(
     env: Env<'a>,
@@ -349,11 +378,12 @@ fn net_find_value<'a>(
     let lookup = net.node.clone();
     net.runtime.spawn(async move {
         let _slot = slot;
-        let terms: Vec<Vec<u8>> = match lookup.providers(&key, want).await {
-            Ok(found) => found.into_iter().map(|p| p.term).collect(),
-            Err(_) => Vec::new(),
-        };
-        reply.providers(&terms);
+        // On an error the reply is dropped unsent: `{error, lookup_failed}`.
+        if let Ok((found, report)) = lookup.providers_report(&key, want).await {
+            let terms: Vec<Vec<u8>> = found.into_iter().map(|p| p.term).collect();
+            let answered = report.is_none_or(|r| r.answered > 0);
+            reply.providers(&terms, answered);
+        }
     });
     atoms::ok().encode(env)
 }
@@ -401,7 +431,7 @@ fn net_peers<'a>(env: Env<'a>, node: &Node) -> Vec<Term<'a>> {
 }
 
 /// Counters of the network side (zeros without one), as `[{Name, Count}]`.
-pub fn stats(node: &Node) -> [(Atom, u64); 8] {
+pub fn stats(node: &Node) -> [(Atom, u64); 12] {
     let status = node.net().map(|net| net.node.status());
     let get = |f: fn(&macula_dht_node::Status) -> u64| status.as_ref().map_or(0, f);
     [
@@ -413,6 +443,10 @@ pub fn stats(node: &Node) -> [(Atom, u64); 8] {
         (atoms::lookup_timeouts(), get(|s| s.lookup_timeouts)),
         (atoms::lookup_p50_us(), get(|s| s.lookup_p50_us)),
         (atoms::lookup_p99_us(), get(|s| s.lookup_p99_us)),
+        (atoms::lookup_failures(), get(|s| s.lookup_failures)),
+        (atoms::store_failures(), get(|s| s.store_failures)),
+        (atoms::remove_failures(), get(|s| s.remove_failures)),
+        (atoms::handoff_failures(), get(|s| s.handoff_failures)),
     ]
 }
 
@@ -437,11 +471,17 @@ impl LookupReply {
         }
     }
 
-    fn providers(mut self, terms: &[Vec<u8>]) {
+    /// `{ok, Providers}`, or `{no_answer, Providers}` when the lookup reached no peer.
+    fn providers(mut self, terms: &[Vec<u8>], answered: bool) {
         let mut list = Vec::new();
         etf::write_list(terms.iter().map(Vec::as_slice), &mut list);
+        let tag = if answered {
+            atoms::ok()
+        } else {
+            net_atoms::no_answer()
+        };
         self.send(|env| match crate::decode_list(env, &list) {
-            Some(providers) => (atoms::ok(), providers).encode(env),
+            Some(providers) => (tag, providers).encode(env),
             None => reply::error(env, atoms::corrupt_record()),
         });
     }

@@ -15,7 +15,8 @@ pub mod atoms {
         node_id, last_seen,
         keys, records, bytes, expired, rejected, nodes, nif_allocated_bytes,
         peers, requests, bad_requests, tombstones, lookups, lookup_timeouts, lookup_p50_us,
-        lookup_p99_us,
+        lookup_p99_us, lookup_failures, store_failures, remove_failures, handoff_failures,
+        server, network,
     }
 }
 

@@ -39,9 +39,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use adverts::MAX_WAITING;
 pub use config::DhtConfig;
 pub use events::{Event, LookupKind, LookupSummary, Trouble};
-pub use adverts::MAX_WAITING;
 pub use peers::MAX_SEEDS;
 
 use crate::provider::{ProviderError, ProviderRecord};
