@@ -92,6 +92,10 @@ impl Setting {
     }
 }
 
+/// Most bootstrap addresses a node takes (pings at once, and remembers for re-joining); more are
+/// refused by the Erlang config and ignored by the runtime.
+pub const MAX_BOOTSTRAP: usize = 16;
+
 /// Bucket size, replication width and lookup width. A reply carries at most
 /// [`wire::MAX_NODES`] nodes, so a node on the network takes at most that.
 pub const K: Setting = Setting {

@@ -164,7 +164,8 @@ sha256(_Data) -> ?NIF_STUB.
 %% Rust and Erlang): `server' holds every setting with its default and range, `network' what
 %% network mode adds or narrows (a reply on the wire carries at most 64 nodes, a key at most
 %% 1 KiB).
--spec settings() -> #{server := [setting()], network := [setting()]}.
+-spec settings() -> #{server := [setting()], network := [setting()],
+                      max_bootstrap := pos_integer()}.
 settings() -> ?NIF_STUB.
 
 %% @doc Loads the identity key at `Path' (a new one is written there when missing), or makes a

@@ -40,8 +40,6 @@
 %% Reads one network setting: `{ok, Parsed}' or `error'.
 -type reader() :: fun((term()) -> {ok, term()} | error).
 
-%% Bootstrap addresses taken; the runtime remembers at most this many for re-joining.
--define(MAX_BOOTSTRAP, 16).
 -define(MAX_ADDRESS_BYTES, 255).
 -define(MAX_PATH_BYTES, 4096).
 
@@ -122,13 +120,18 @@ address(Text) ->
     bounded_text(Text, ?MAX_ADDRESS_BYTES).
 
 -spec addresses(term()) -> {ok, [binary()]} | error.
-addresses(List) when is_list(List), length(List) =< ?MAX_BOOTSTRAP ->
+addresses(List) ->
+    #{max_bootstrap := Max} = macula_dht_nif:settings(),
+    addresses(List, Max).
+
+-spec addresses(term(), pos_integer()) -> {ok, [binary()]} | error.
+addresses(List, Max) when is_list(List), length(List) =< Max ->
     Parsed = [address(A) || A <- List],
     case lists:member(error, Parsed) of
         true -> error;
         false -> {ok, [A || {ok, A} <- Parsed]}
     end;
-addresses(_) ->
+addresses(_List, _Max) ->
     error.
 
 -spec path(term()) -> {ok, binary() | undefined} | error.

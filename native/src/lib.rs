@@ -321,8 +321,8 @@ fn sha256<'a>(env: Env<'a>, data: Binary<'a>) -> Term<'a> {
 }
 
 /// The settings `macula_routing_server` accepts, from the engine's one table:
-/// `#{server => [{Name, Default, Min, Max}], network => [...]}`, `network` holding what network
-/// mode adds or narrows.
+/// `#{server => [{Name, Default, Min, Max}], network => [...], max_bootstrap => N}`, `network`
+/// holding what network mode adds or narrows.
 #[rustler::nif]
 fn settings(env: Env<'_>) -> Term<'_> {
     let list = |table: &[Setting]| -> Vec<Term<'_>> {
@@ -340,6 +340,7 @@ fn settings(env: Env<'_>) -> Term<'_> {
         &[
             (atoms::server(), list(&settings::SERVER).encode(env)),
             (atoms::network(), list(&settings::NETWORK).encode(env)),
+            (atoms::max_bootstrap(), settings::MAX_BOOTSTRAP.encode(env)),
         ],
     )
 }

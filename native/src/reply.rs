@@ -16,7 +16,7 @@ pub mod atoms {
         keys, records, bytes, expired, rejected, nodes, nif_allocated_bytes,
         peers, requests, bad_requests, tombstones, lookups, lookup_timeouts, lookup_p50_us,
         lookup_p99_us, lookup_failures, store_failures, remove_failures, handoff_failures,
-        server, network,
+        server, network, max_bootstrap,
     }
 }
 

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::error::ErrorKind;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use macula_dht::settings;
 use macula_dht_node::config::{
     resolve_addr, ConfigError, RunOptions, RunSettings, DEFAULT_TTL_SECS,
 };
@@ -57,10 +58,10 @@ struct RunArgs {
     /// Advertise a service from the start (repeatable); TTL in seconds, default 300.
     #[arg(long = "advertise", value_name = "SERVICE=ENDPOINT[@TTL]")]
     advertise: Vec<String>,
-    /// Bucket size and replication width (1-64, default 20).
+    /// Bucket size and replication width.
     #[arg(long, value_name = "N")]
     k: Option<usize>,
-    /// Lookup requests in flight (1-64, default 3).
+    /// Lookup requests in flight.
     #[arg(long, value_name = "N")]
     alpha: Option<usize>,
     /// TOML file with the same settings (flags override it).
@@ -72,10 +73,10 @@ struct RunArgs {
     /// Log level on stderr: error, warn, info (default), debug, trace.
     #[arg(long, value_name = "LEVEL")]
     log: Option<String>,
-    /// Timeout of one request to a peer, in milliseconds (default 2000).
+    /// Timeout of one request to a peer, in milliseconds.
     #[arg(long, value_name = "MS")]
     request_timeout_ms: Option<u64>,
-    /// Longest a lookup runs before it answers with what it found, in milliseconds (default 5000).
+    /// Longest a lookup runs before it answers with what it found, in milliseconds.
     #[arg(long, value_name = "MS")]
     lookup_timeout_ms: Option<u64>,
 }
@@ -160,7 +161,10 @@ enum Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let parsed = with_setting_ranges(Cli::command())
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
@@ -172,6 +176,29 @@ fn main() -> ExitCode {
     result.unwrap_or_else(|e| {
         fail(&e.to_string());
         ExitCode::FAILURE
+    })
+}
+
+/// `run`'s help for the engine's settings ends with their range and default, from the settings
+/// table (where `run` checks them too).
+fn with_setting_ranges(cli: clap::Command) -> clap::Command {
+    cli.mut_subcommand("run", |run| {
+        [
+            settings::K,
+            settings::ALPHA,
+            settings::REQUEST_TIMEOUT_MS,
+            settings::LOOKUP_TIMEOUT_MS,
+        ]
+        .into_iter()
+        .fold(run, |run, setting| {
+            run.mut_arg(setting.name, |arg| {
+                let text = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                arg.help(format!(
+                    "{text} ({}-{}, default {})",
+                    setting.min, setting.max, setting.default
+                ))
+            })
+        })
     })
 }
 

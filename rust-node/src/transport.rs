@@ -47,8 +47,8 @@ use tokio::task::JoinHandle;
 use crate::identity::{id_hex, Identity};
 use crate::tls::{peer_id, TlsContext, TlsError, SERVER_NAME};
 
-/// Default hard cap on one frame (request or reply), in bytes.
-pub const MAX_FRAME_BYTES: usize = 1 << 20;
+/// Default hard cap on one frame (request or reply), in bytes: the wire protocol's.
+pub use macula_dht::wire::MAX_FRAME_BYTES;
 
 /// Largest `max_frame_bytes` a [`TransportConfig`] may set.
 pub const MAX_FRAME_BYTES_LIMIT: usize = 64 << 20;

@@ -270,7 +270,7 @@ impl<S: StoreAccess> Cx<'_, S> {
 
     // ---- contact and bootstrap -------------------------------------------------------------
 
-    /// Pings the first `MAX_SEEDS` of `addrs` at once.
+    /// Pings the first `MAX_BOOTSTRAP` of `addrs` at once.
     pub(super) fn contact(
         &mut self,
         op: OpId,
@@ -278,7 +278,7 @@ impl<S: StoreAccess> Cx<'_, S> {
         then: AfterContact,
         reply: bool,
     ) {
-        let addrs = &addrs[..addrs.len().min(super::MAX_SEEDS)];
+        let addrs = &addrs[..addrs.len().min(crate::settings::MAX_BOOTSTRAP)];
         let contact = Contact {
             pending: addrs.len(),
             answered: 0,

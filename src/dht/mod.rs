@@ -42,7 +42,6 @@ use std::time::Duration;
 pub use adverts::MAX_WAITING;
 pub use config::DhtConfig;
 pub use events::{Event, LookupKind, LookupSummary, Trouble};
-pub use peers::MAX_SEEDS;
 
 use crate::provider::{ProviderError, ProviderRecord};
 use crate::record::{service_key, Advertisement, Provider, RecordError};
@@ -428,7 +427,8 @@ impl Dht {
         self.with(store, now, |cx| cx.on_timeout());
     }
 
-    /// Pings `addrs` (the first [`MAX_SEEDS`], at once), then looks up this node's own id through
+    /// Pings `addrs` (the first [`MAX_BOOTSTRAP`](crate::settings::MAX_BOOTSTRAP), at once),
+    /// then looks up this node's own id through
     /// those that answered, which fills the routing table. Ends with [`Outcome::Joined`]: the
     /// table size, or an error when none answered. The addresses are remembered for re-joining
     /// when the table runs empty.
@@ -446,7 +446,8 @@ impl Dht {
         op
     }
 
-    /// Pings `addrs` (the first [`MAX_SEEDS`], at once); those that answer enter the table.
+    /// Pings `addrs` (the first [`MAX_BOOTSTRAP`](crate::settings::MAX_BOOTSTRAP), at once);
+    /// those that answer enter the table.
     /// Ends with [`Outcome::Contacted`]. Enough for a client that is about to look something up.
     pub fn contact<S: StoreAccess>(
         &mut self,

@@ -8,7 +8,7 @@
 //! its address) leaves the table, and the bucket's most recent replacement moves up.
 //!
 //! Bounded: the table by its buckets, peers being verified by `max_verifying`, remembered
-//! bootstrap addresses by [`MAX_SEEDS`].
+//! bootstrap addresses by [`MAX_BOOTSTRAP`].
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -17,8 +17,7 @@ use crate::table::{Inserted, Removed, RoutingTable, TableConfig};
 use crate::wire::NodeInfo;
 use crate::NodeId;
 
-/// Most bootstrap addresses remembered for re-joining, and pinged at once by a contact.
-pub const MAX_SEEDS: usize = 16;
+use crate::settings::MAX_BOOTSTRAP;
 
 /// A node's routing table with its liveness bookkeeping.
 #[derive(Debug)]
@@ -144,10 +143,10 @@ impl Peers {
             .unwrap_or(0)
     }
 
-    /// Remembers bootstrap addresses (the first [`MAX_SEEDS`] distinct ones).
+    /// Remembers bootstrap addresses (the first [`MAX_BOOTSTRAP`] distinct ones).
     pub(crate) fn remember_seeds(&mut self, addrs: &[SocketAddr]) {
         for addr in addrs {
-            if self.seeds.len() < MAX_SEEDS && !self.seeds.contains(addr) {
+            if self.seeds.len() < MAX_BOOTSTRAP && !self.seeds.contains(addr) {
                 self.seeds.push(*addr);
             }
         }
@@ -234,7 +233,7 @@ mod tests {
         let mut p = peers();
         let many: Vec<SocketAddr> = (0..40).map(|i| addr(i % 20)).collect();
         p.remember_seeds(&many);
-        assert_eq!(p.seeds().len(), MAX_SEEDS);
+        assert_eq!(p.seeds().len(), MAX_BOOTSTRAP);
         assert_eq!(p.seeds()[0], addr(0));
     }
 }
