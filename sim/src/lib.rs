@@ -137,7 +137,8 @@ enum Delivery {
     Request {
         from: usize,
         to: usize,
-        rpc: RpcId,
+        /// `None`: injected by a test, nobody waits for the answer.
+        rpc: Option<RpcId>,
         request: Arc<Request>,
     },
     Reply {
@@ -161,6 +162,8 @@ pub struct Network {
     queue: BinaryHeap<Reverse<Scheduled>>,
     seq: u64,
     outcomes: BTreeMap<(usize, OpId), Outcome>,
+    /// Pairs of nodes whose messages to each other are lost (a partition), lower index first.
+    cuts: BTreeSet<(usize, usize)>,
     /// Commands that ended while `discover_many` waits (`None` otherwise).
     ended: Option<Vec<(usize, OpId)>>,
     stats: NetStats,
@@ -177,6 +180,7 @@ impl Network {
             queue: BinaryHeap::new(),
             seq: 0,
             outcomes: BTreeMap::new(),
+            cuts: BTreeSet::new(),
             ended: None,
             stats: NetStats::default(),
         }
@@ -200,6 +204,12 @@ impl Network {
     /// Node `i`.
     pub fn node(&self, i: usize) -> &SimNode {
         &self.nodes[i]
+    }
+
+    /// Every node, to drive one directly (what it asks for is not carried out: use
+    /// [`Network::command`] for that).
+    pub fn nodes_mut(&mut self) -> &mut [SimNode] {
+        &mut self.nodes
     }
 
     /// Indices of the nodes that run.
@@ -255,6 +265,51 @@ impl Network {
     pub fn crash(&mut self, i: usize) {
         self.nodes[i].alive = false;
         self.nodes[i].wake = None;
+    }
+
+    /// From now on, every message between `a` and `b` is lost, until [`Network::heal`].
+    pub fn cut(&mut self, a: usize, b: usize) {
+        self.cuts.insert((a.min(b), a.max(b)));
+    }
+
+    /// Messages between `a` and `b` get through again.
+    pub fn heal(&mut self, a: usize, b: usize) {
+        self.cuts.remove(&(a.min(b), a.max(b)));
+    }
+
+    /// Delivers `request` to node `to` as if node `from` had sent it (its answer goes nowhere):
+    /// for tests of what a node does with a request a peer may send at any time.
+    pub fn inject(&mut self, from: usize, to: usize, request: Request) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at: self.now,
+            seq: self.seq,
+            delivery: Delivery::Request {
+                from,
+                to,
+                rpc: None,
+                request: Arc::new(request),
+            },
+        }));
+    }
+
+    /// The running nodes that hold a live provider under `key`.
+    pub fn holders(&self, key: &[u8]) -> Vec<usize> {
+        let now_ms = self.now.as_millis();
+        self.alive()
+            .into_iter()
+            .filter(|&i| self.nodes[i].store.providers(key, now_ms).next().is_some())
+            .collect()
+    }
+
+    /// The `k` running nodes closest to `key`, closest first: the replicas a perfect network
+    /// would choose.
+    pub fn closest_alive(&self, key: &[u8], k: usize) -> Vec<usize> {
+        let target = NodeId::normalize(key);
+        let mut alive = self.alive();
+        alive.sort_by_key(|&i| self.nodes[i].id().distance(&target));
+        alive.truncate(k);
+        alive
     }
 
     /// Node `i` withdraws every service it advertises and goes once those withdrawals ended.
@@ -328,13 +383,29 @@ impl Network {
 
     /// Node `i` advertises `service` at `endpoint` for `ttl_secs` and keeps it published.
     pub fn advertise(&mut self, i: usize, service: &str, endpoint: &str, ttl_secs: u32) -> OpId {
+        self.publish(i, service, endpoint, ttl_secs, true)
+    }
+
+    /// Node `i` publishes `service` once: nobody refreshes it.
+    pub fn publish_once(&mut self, i: usize, service: &str, endpoint: &str, ttl_secs: u32) -> OpId {
+        self.publish(i, service, endpoint, ttl_secs, false)
+    }
+
+    fn publish(
+        &mut self,
+        i: usize,
+        service: &str,
+        endpoint: &str,
+        ttl: u32,
+        refresh: bool,
+    ) -> OpId {
         let ad = Advertisement {
             endpoint: endpoint.to_string(),
             metadata: BTreeMap::new(),
-            ttl_secs,
+            ttl_secs: ttl,
         };
         self.command(i, |dht, store, now| {
-            dht.advertise(store, service, ad, true, now)
+            dht.advertise(store, service, ad, refresh, now)
                 .expect("a valid advertisement within bounds")
         })
     }
@@ -450,7 +521,13 @@ impl Network {
         }
     }
 
-    fn deliver_request(&mut self, from: usize, to: usize, rpc: RpcId, request: Arc<Request>) {
+    fn deliver_request(
+        &mut self,
+        from: usize,
+        to: usize,
+        rpc: Option<RpcId>,
+        request: Arc<Request>,
+    ) {
         if !self.nodes[to].alive {
             self.stats.unanswered += 1;
             return;
@@ -466,6 +543,9 @@ impl Network {
             .dht
             .handle_request(&mut node.store, sender, request, now);
         self.after_input(to);
+        let Some(rpc) = rpc else {
+            return;
+        };
         self.stats.replies += 1;
         self.transmit(to, from, |at, seq| Scheduled {
             at,
@@ -481,7 +561,9 @@ impl Network {
 
     /// Schedules a message from `from` to `to` after their one-way latency, unless it is lost.
     fn transmit(&mut self, from: usize, to: usize, message: impl FnOnce(Time, u64) -> Scheduled) {
-        if self.config.links.lost(&mut self.rng) {
+        if self.config.links.lost(&mut self.rng)
+            || self.cuts.contains(&(from.min(to), from.max(to)))
+        {
             self.stats.lost += 1;
             return;
         }
@@ -507,7 +589,7 @@ impl Network {
                         delivery: Delivery::Request {
                             from: i,
                             to,
-                            rpc,
+                            rpc: Some(rpc),
                             request,
                         },
                     });

@@ -1,0 +1,393 @@
+//! What the DHT does, shown on small simulated networks: where records go, how they follow the
+//! network as it changes, how they leave it, and how nodes deal with peers that die. Every test
+//! is deterministic (one seed, no loss unless it says so) and runs minutes of virtual time in
+//! milliseconds.
+
+use std::time::Duration;
+
+use macula_dht::dht::{Outcome, Started};
+use macula_dht::record::service_key;
+use macula_dht::wire::Request;
+use macula_dht::{DhtConfig, NodeId};
+use macula_dht_sim::{addr_of, Links, Network, SimConfig};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// `k`-wide replication on a quiet network with 20 ms round trips.
+fn config(k: usize) -> SimConfig {
+    SimConfig {
+        seed: 7,
+        dht: DhtConfig {
+            k,
+            ..DhtConfig::default()
+        },
+        links: Links {
+            median_rtt: Duration::from_millis(20),
+            spread: 0.3,
+            loss: 0.0,
+        },
+        ..SimConfig::default()
+    }
+}
+
+/// A network of `n` nodes that have settled (every node joined and refreshed once).
+fn network(config: SimConfig, n: usize) -> (Network, Vec<usize>) {
+    let mut net = Network::new(config);
+    let nodes = net.grow(n, Duration::from_millis(200));
+    net.run_for(Duration::from_secs(90));
+    (net, nodes)
+}
+
+/// A node id closer to `key` than every node of `than`.
+fn closer_id(net: &mut Network, key: &[u8], than: &[usize]) -> NodeId {
+    let target = NodeId::normalize(key);
+    let farthest = than
+        .iter()
+        .map(|&i| net.node(i).id().distance(&target))
+        .max()
+        .expect("some nodes to beat");
+    loop {
+        let id = net.rng().id();
+        if id.distance(&target) < farthest {
+            return id;
+        }
+    }
+}
+
+fn without(mut nodes: Vec<usize>, node: usize) -> Vec<usize> {
+    nodes.retain(|&i| i != node);
+    nodes
+}
+
+#[test]
+fn a_store_reaches_the_k_closest_nodes() {
+    let (mut net, nodes) = network(config(4), 60);
+    let publisher = nodes[5];
+    net.publish_once(publisher, "svc", "https://p:1", 600);
+    net.run_for(5 * SECOND);
+    let key = service_key("svc");
+    let holders = without(net.holders(&key), publisher);
+    let mut closest = without(net.closest_alive(&key, 5), publisher);
+    closest.truncate(4);
+    for replica in &closest {
+        assert!(
+            holders.contains(replica),
+            "{replica} of {closest:?} lacks the record"
+        );
+    }
+}
+
+#[test]
+fn a_newcomer_gets_the_records_it_is_now_responsible_for() {
+    let (mut net, nodes) = network(config(3), 30);
+    // Published once: only a hand-off can bring it to a node that joins later.
+    net.publish_once(nodes[0], "handed", "https://p:1", 3_600);
+    net.run_for(5 * SECOND);
+    let key = service_key("handed");
+    let holders = without(net.holders(&key), nodes[0]);
+    let id = closer_id(&mut net, &key, &holders);
+    let newcomer = net.add_node_with_id(id);
+    net.join(newcomer, &[nodes[10]]);
+    net.run_for(10 * SECOND);
+    assert!(net.holders(&key).contains(&newcomer));
+    assert!(net.node(newcomer).dht.status().stats.requests_sent > 0);
+}
+
+#[test]
+fn a_removal_reaches_copies_outside_the_current_closest() {
+    let (mut net, nodes) = network(config(2), 12);
+    let publisher = nodes[0];
+    net.publish_once(publisher, "moving", "https://p:1", 3_600);
+    net.run_for(5 * SECOND);
+    let key = service_key("moving");
+    let holders = without(net.holders(&key), publisher);
+    assert_eq!(holders.len(), 2);
+
+    // A newcomer closer to the key than both holders: the current 2 closest are no longer the
+    // nodes the STORE reached.
+    let id = closer_id(&mut net, &key, &holders);
+    let newcomer = net.add_node_with_id(id);
+    net.join(newcomer, &[nodes[1]]);
+    net.run_for(5 * SECOND);
+    net.run_command(publisher, 10 * SECOND, |dht, store, now| {
+        dht.find_node(store, id, now)
+    });
+
+    net.withdraw(publisher, "moving");
+    net.run_for(5 * SECOND);
+    assert_eq!(net.holders(&key), Vec::<usize>::new());
+}
+
+#[test]
+fn a_removal_follows_the_copies_a_replica_handed_off() {
+    let (mut net, nodes) = network(config(2), 12);
+    let publisher = nodes[0];
+    net.publish_once(publisher, "handed", "https://p:1", 3_600);
+    net.run_for(5 * SECOND);
+    let key = service_key("handed");
+    let holders = without(net.holders(&key), publisher);
+    assert_eq!(holders.len(), 2);
+
+    // A newcomer closer to the key joins through a holder, which hands it the record.
+    let id = closer_id(&mut net, &key, &holders);
+    let newcomer = net.add_node_with_id(id);
+    net.join(newcomer, &[holders[0]]);
+    net.run_for(5 * SECOND);
+    assert!(net.holders(&key).contains(&newcomer));
+
+    // REMOVE reaches the holders only (from a node that is not the publisher); they pass it on.
+    let remove = Request::Remove {
+        key: key.to_vec(),
+        node_id: net.node(publisher).id().0.to_vec(),
+    };
+    for &holder in &holders {
+        net.inject(nodes[5], holder, remove.clone());
+    }
+    net.run_for(5 * SECOND);
+    assert_eq!(without(net.holders(&key), publisher), Vec::<usize>::new());
+}
+
+#[test]
+fn a_late_copy_of_a_removed_record_stays_out_and_a_newer_one_goes_in() {
+    let (mut net, nodes) = network(config(3), 12);
+    let publisher = nodes[0];
+    net.publish_once(publisher, "late", "https://p:1", 3_600);
+    net.run_for(5 * SECOND);
+    let key = service_key("late");
+    let holder = without(net.holders(&key), publisher)[0];
+    let now_ms = net.now().as_millis();
+    let old = net
+        .node(holder)
+        .store
+        .providers(&key, now_ms)
+        .next()
+        .expect("the holder's copy")
+        .to_vec();
+
+    net.withdraw(publisher, "late");
+    net.run_for(5 * SECOND);
+    assert!(!net.holders(&key).contains(&holder));
+    // The STORE of the old record, replayed: the tombstone keeps it out.
+    let store = Request::Store {
+        key: key.to_vec(),
+        value: old,
+    };
+    net.inject(nodes[7], holder, store);
+    net.run_for(SECOND);
+    assert!(!net.holders(&key).contains(&holder));
+    // A new advertisement is dated after the removal and goes through.
+    net.publish_once(publisher, "late", "https://p:2", 3_600);
+    net.run_for(5 * SECOND);
+    assert!(net.holders(&key).contains(&holder));
+}
+
+#[test]
+fn records_nobody_refreshes_expire_everywhere_and_advertised_ones_stay() {
+    let (mut net, nodes) = network(config(3), 20);
+    net.publish_once(nodes[1], "once", "https://once:1", 30);
+    net.advertise(nodes[2], "kept", "https://kept:1", 30);
+    net.run_for(Duration::from_secs(120));
+    assert_eq!(net.holders(&service_key("once")), Vec::<usize>::new());
+    let queries: Vec<(usize, &str, usize)> = nodes.iter().map(|&i| (i, "kept", 1)).collect();
+    for (i, found) in nodes.iter().zip(net.discover_many(&queries)) {
+        let found = found.expect("lookup ended");
+        assert_eq!(found.len(), 1, "node {i}");
+        assert_eq!(found[0].endpoint.as_deref(), Some("https://kept:1"));
+    }
+}
+
+#[test]
+fn a_republish_reaches_the_new_closest_after_the_replicas_crash() {
+    let (mut net, nodes) = network(config(3), 30);
+    let publisher = nodes[3];
+    // Republished every 10 s (the floor: ttl 60 - margin 60 is less).
+    net.advertise(publisher, "phoenix", "https://p:1", 60);
+    net.run_for(5 * SECOND);
+    let key = service_key("phoenix");
+    for holder in without(net.holders(&key), publisher) {
+        net.crash(holder);
+    }
+    assert_eq!(net.holders(&key), vec![publisher]);
+    net.run_for(30 * SECOND);
+    let mut closest = without(net.closest_alive(&key, 4), publisher);
+    closest.truncate(3);
+    let holders = net.holders(&key);
+    for replica in &closest {
+        assert!(
+            holders.contains(replica),
+            "{replica} of {closest:?} lacks the record"
+        );
+    }
+}
+
+/// Runs a FIND_NODE of `target` from node `i`: the nodes it returned.
+fn find_node(net: &mut Network, i: usize, target: NodeId) -> Vec<usize> {
+    let outcome = net.run_command(i, 10 * SECOND, |dht, store, now| {
+        dht.find_node(store, target, now)
+    });
+    let Some(Outcome::Lookup(report)) = outcome else {
+        panic!("lookup from {i} did not end");
+    };
+    report
+        .closest
+        .iter()
+        .map(|n| macula_dht_sim::index_of(n.addr).expect("a simulated address"))
+        .collect()
+}
+
+#[test]
+fn lookups_drop_dead_peers_from_the_table_and_then_find_the_live_closest() {
+    let (mut net, nodes) = network(config(4), 40);
+    let dead: Vec<usize> = nodes.iter().copied().step_by(4).collect();
+    for &i in &dead {
+        net.crash(i);
+    }
+    let downs_before = net.stats().peer_downs;
+    let alive = net.alive();
+    // Every node looks up every dead node: the dead one is the first it asks, fails, and leaves
+    // its table. Answers may still name dead nodes others have not noticed, so these lookups
+    // return live nodes, the closest live one first, but not always the exact k closest.
+    for &i in &alive {
+        for &d in &dead {
+            let id = net.node(d).id();
+            let found = find_node(&mut net, i, id);
+            let nearest = without(net.closest_alive(&id.0, 2), i)[0];
+            assert_eq!(found.first(), Some(&nearest), "lookup of {d} from {i}");
+            assert!(found.iter().all(|&f| net.node(f).is_alive()));
+        }
+    }
+    for &i in &alive {
+        let peers = net.node(i).dht.peers();
+        for &d in &dead {
+            assert!(
+                !peers.iter().any(|p| p.addr == addr_of(d)),
+                "{i} still lists dead {d}"
+            );
+        }
+    }
+    assert!(net.stats().peer_downs > downs_before);
+    // Once every table is rid of the dead, lookups find exactly the k closest live nodes.
+    for &i in &alive {
+        for &d in &dead {
+            let id = net.node(d).id();
+            let mut expected = without(net.closest_alive(&id.0, 5), i);
+            expected.truncate(4);
+            assert_eq!(find_node(&mut net, i, id), expected, "lookup of {d} from {i}");
+        }
+    }
+}
+
+#[test]
+fn a_lookup_through_a_silent_peer_ends_at_the_lookup_timeout() {
+    let mut config = config(3);
+    config.dht.lookup_timeout = Duration::from_millis(400);
+    config.dht.request_timeout = Duration::from_secs(30);
+    let mut net = Network::new(config);
+    let nodes = net.grow(2, SECOND);
+    net.crash(nodes[0]);
+    let outcome = net.run_command(nodes[1], 10 * SECOND, |dht, store, now| {
+        dht.find_value(store, b"anything", None, now)
+    });
+    let Some(Outcome::Lookup(report)) = outcome else {
+        panic!("the lookup did not end");
+    };
+    assert!(report.timed_out);
+    assert_eq!(report.elapsed, Duration::from_millis(400));
+    assert_eq!((report.queried, report.answered), (1, 0));
+    assert_eq!(net.node(nodes[1]).dht.status().stats.lookup_failures, 1);
+}
+
+#[test]
+fn lookups_wait_for_a_free_slot_within_a_bounded_queue() {
+    let mut config = config(3);
+    config.dht.max_lookups = 1;
+    config.dht.max_queued_lookups = 1;
+    let (mut net, nodes) = network(config, 10);
+    let asker = nodes[4];
+    let ops: Vec<_> = (0..3u8)
+        .map(|i| {
+            net.command(asker, |dht, store, now| {
+                dht.find_node(store, NodeId([i; 32]), now)
+            })
+        })
+        .collect();
+    // No slot and no room to wait: the third ends at once, timed out, having asked no one.
+    let Some(Outcome::Lookup(third)) = net.outcome(asker, ops[2]) else {
+        panic!("the third lookup should have ended at once");
+    };
+    assert!(third.timed_out && third.queried == 0);
+    net.run_for(10 * SECOND);
+    let reports: Vec<_> = ops[..2]
+        .iter()
+        .map(|op| match net.outcome(asker, *op) {
+            Some(Outcome::Lookup(report)) => report,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(reports.iter().all(|r| !r.timed_out && r.answered > 0));
+    assert!(
+        reports[1].elapsed > reports[0].elapsed,
+        "the second waited for the first"
+    );
+}
+
+#[test]
+fn a_node_cut_off_at_its_bootstrap_joins_once_it_can_reach_the_network() {
+    let (mut net, nodes) = network(config(4), 20);
+    let seed = nodes[3];
+    // The bootstrap of `island` is lost; `late` joins through `island`, which knows no one.
+    let island = net.add_node();
+    net.cut(island, seed);
+    net.join(island, &[seed]);
+    net.run_for(5 * SECOND);
+    let late = net.add_node();
+    net.join(late, &[island]);
+    net.run_for(5 * SECOND);
+    assert!(net.node(late).dht.peer_count() <= 1);
+    net.heal(island, seed);
+    net.run_for(Duration::from_secs(30));
+    for i in [island, late] {
+        assert!(net.node(i).dht.peer_count() >= 4, "{i} joined the network");
+    }
+    net.advertise(nodes[0], "reachable", "https://r:1", 300);
+    net.run_for(5 * SECOND);
+    let found = net.discover(late, "reachable", 1).expect("lookup ended");
+    assert_eq!(found.len(), 1);
+}
+
+#[test]
+fn answers_to_a_client_come_from_local_data_only() {
+    let (mut net, nodes) = network(config(3), 10);
+    net.publish_once(nodes[0], "local", "https://l:1", 600);
+    net.run_for(5 * SECOND);
+    let key = service_key("local");
+    // A holder answers at once from its store; a node holding enough answers without a lookup.
+    let holder = without(net.holders(&key), nodes[0])[0];
+    let lookups_before = net.node(holder).dht.status().stats.lookups;
+    let now = net.now();
+    let node = &mut net.nodes_mut()[holder];
+    let Started::Done(held) = node.dht.providers(&mut node.store, &key, 1, now) else {
+        panic!("a holder answers from its store");
+    };
+    assert_eq!(held.len(), 1);
+    assert_eq!(net.node(holder).dht.status().stats.lookups, lookups_before);
+}
+
+#[test]
+fn one_seed_gives_one_outcome() {
+    let run = || {
+        let mut config = config(4);
+        config.links.loss = 0.02;
+        let (mut net, nodes) = network(config, 40);
+        net.advertise(nodes[1], "a", "https://a:1", 60);
+        net.crash(nodes[2]);
+        net.run_for(Duration::from_secs(120));
+        let peers: Vec<_> = net
+            .alive()
+            .iter()
+            .map(|&i| net.node(i).dht.peers())
+            .collect();
+        (net.stats(), peers, net.holders(&service_key("a")))
+    };
+    assert_eq!(run(), run());
+}
