@@ -272,7 +272,11 @@ fn lookups_drop_dead_peers_from_the_table_and_then_find_the_live_closest() {
             let id = net.node(d).id();
             let mut expected = without(net.closest_alive(&id.0, 5), i);
             expected.truncate(4);
-            assert_eq!(find_node(&mut net, i, id), expected, "lookup of {d} from {i}");
+            assert_eq!(
+                find_node(&mut net, i, id),
+                expected,
+                "lookup of {d} from {i}"
+            );
         }
     }
 }
