@@ -30,6 +30,10 @@ use macula_dht::{Dht, DhtConfig, NodeId, OpId, ProviderStore, RpcId, StoreLimits
 pub use link::Links;
 pub use rng::Rng;
 
+/// Wake-ups of one node at one instant before the simulation calls it a livelock (a paused
+/// hand-off legitimately asks for a few: each step examines a chunk of keys).
+const MAX_WAKES_AT_ONCE: u32 = 10_000;
+
 /// Unix time of the virtual clock's origin: 2026-01-01.
 const UNIX_ORIGIN_US: u64 = 1_767_225_600_000_000;
 
@@ -67,6 +71,8 @@ pub struct SimNode {
     alive: bool,
     /// The wake-up scheduled for it, if any (others in the queue are stale).
     wake: Option<Time>,
+    /// Wake-ups in a row at one instant: a node whose deadline does not move on would spin.
+    woken_at: (Time, u32),
     /// Withdrawals that must end before a leaving node goes.
     leaving: Option<Vec<OpId>>,
 }
@@ -246,6 +252,7 @@ impl Network {
             store: ProviderStore::new(self.config.store.clone()),
             alive: true,
             wake: None,
+            woken_at: (Time::ZERO, 0),
             leaving: None,
         });
         let i = self.nodes.len() - 1;
@@ -514,6 +521,15 @@ impl Network {
                 let n = &mut self.nodes[node];
                 if n.alive && n.wake == Some(next.at) {
                     n.wake = None;
+                    n.woken_at = match n.woken_at {
+                        (at, count) if at == next.at => (at, count + 1),
+                        _ => (next.at, 1),
+                    };
+                    assert!(
+                        n.woken_at.1 < MAX_WAKES_AT_ONCE,
+                        "node {node} asks to be woken at {:?} again and again: a deadline that does not move on",
+                        next.at
+                    );
                     n.dht.handle_timeout(&mut n.store, next.at);
                     self.after_input(node);
                 }
@@ -594,6 +610,8 @@ impl Network {
                         },
                     });
                 }
+                // The reply, when it comes, is ignored by the engine.
+                Action::Cancel(_) => {}
                 Action::Event(event) => self.count(&event),
                 Action::Done(op, outcome) => {
                     self.outcomes.insert((i, op), outcome);

@@ -395,3 +395,23 @@ fn one_seed_gives_one_outcome() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn a_network_smaller_than_k_keeps_its_timers_moving() {
+    // Fewer nodes than k: every join finds fewer than k, so re-joins keep coming (less and less
+    // often) and meet the periodic refresh. The simulator panics on a node whose deadline does
+    // not move on.
+    let mut config = config(20);
+    // Re-joins that take longer than the refresh period overlap it.
+    config.dht.refresh_interval = SECOND;
+    config.links.median_rtt = Duration::from_millis(400);
+    let (mut net, nodes) = network(config, 6);
+    net.run_for(Duration::from_secs(600));
+    for &i in &nodes {
+        assert_eq!(
+            net.node(i).dht.peer_count(),
+            5,
+            "{i} knows every other node"
+        );
+    }
+}

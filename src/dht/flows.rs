@@ -40,6 +40,8 @@ pub(crate) struct LookupOp {
     first_provider: Option<Time>,
     /// Holds one of the `max_lookups` slots (else it waits for one).
     running: bool,
+    /// Its queries in flight (at most `alpha`): cancelled when it ends before they answer.
+    in_flight: Vec<RpcId>,
     then: AfterLookup,
 }
 
@@ -142,17 +144,19 @@ fn same_provider(a: &Provider, b: &Provider) -> bool {
 impl<S: StoreAccess> Cx<'_, S> {
     // ---- requests and what their outcomes teach -------------------------------------------
 
-    /// Sends `request` to `addr` (which must be `to`, if given), for `purpose`.
+    /// Sends `request` to `addr` (which must be `to`, if given), for `purpose`. `None` when it
+    /// was refused at `max_requests` (it fails before the input returns).
     pub(super) fn send(
         &mut self,
         to: Option<NodeId>,
         addr: SocketAddr,
         request: Arc<Request>,
         purpose: Purpose,
-    ) {
+    ) -> Option<RpcId> {
         let rpc_id = self.dht.ops.next_rpc();
         let timeout = self.dht.config.request_timeout;
         let rpc = Rpc {
+            id: rpc_id,
             to,
             addr,
             request,
@@ -162,7 +166,7 @@ impl<S: StoreAccess> Cx<'_, S> {
         if self.dht.ops.rpcs.len() >= self.dht.config.max_requests {
             self.dht.stats.requests_dropped += 1;
             self.dht.ops.unsent.push_back(rpc);
-            return;
+            return None;
         }
         self.dht.stats.requests_sent += 1;
         self.dht
@@ -176,6 +180,7 @@ impl<S: StoreAccess> Cx<'_, S> {
             }));
         self.dht.ops.rpc_deadlines.insert((rpc.deadline, rpc_id));
         self.dht.ops.rpcs.insert(rpc_id, rpc);
+        Some(rpc_id)
     }
 
     /// Fails the requests refused at `max_requests`. Their failure may start more work, which
@@ -233,7 +238,7 @@ impl<S: StoreAccess> Cx<'_, S> {
 
     fn dispatch(&mut self, rpc: Rpc, result: Result<(NodeId, Response), Failure>) {
         match rpc.purpose {
-            Purpose::Lookup(op) => self.lookup_reply(op, rpc.to, result),
+            Purpose::Lookup(op) => self.lookup_reply(op, rpc.id, rpc.to, result),
             Purpose::Fanout(op) => self.fanout_reply(op, rpc.to, rpc.addr, result),
             Purpose::Contact(op) => self.contact_reply(op, rpc.addr, result),
             Purpose::Verify(id) => self.dht.peers.verified(&id),
@@ -359,13 +364,13 @@ impl<S: StoreAccess> Cx<'_, S> {
                 self.lookup(op, target, Request::FindNode { target }, None, after, reply);
             }
             (AfterContact::Join, Err(e)) => {
-                self.after_join(false);
+                self.after_join(false, None);
                 if reply {
                     self.done(op, Outcome::Joined(Err(e)));
                 }
             }
             (AfterContact::Rejoin, Err(JoinError::NoneAnswered(detail))) => {
-                self.after_join(true);
+                self.after_join(true, None);
                 self.emit(Event::Trouble(Trouble::RejoinFailed { detail }));
             }
         }
@@ -415,6 +420,7 @@ impl<S: StoreAccess> Cx<'_, S> {
             deadline,
             first_provider: None,
             running: false,
+            in_flight: Vec::new(),
             then,
         };
         let ops = &mut self.dht.ops;
@@ -479,7 +485,11 @@ impl<S: StoreAccess> Cx<'_, S> {
         let finished = state.lookup.is_finished();
         let request = state.request.clone();
         for (id, addr) in queries {
-            self.send(Some(id), addr, request.clone(), Purpose::Lookup(op));
+            if let Some(rpc) = self.send(Some(id), addr, request.clone(), Purpose::Lookup(op)) {
+                if let Some(state) = self.lookup_mut(op) {
+                    state.in_flight.push(rpc);
+                }
+            }
         }
         if finished {
             self.finish_lookup(op, false);
@@ -489,6 +499,7 @@ impl<S: StoreAccess> Cx<'_, S> {
     fn lookup_reply(
         &mut self,
         op: OpId,
+        rpc: RpcId,
         peer: Option<NodeId>,
         result: Result<(NodeId, Response), Failure>,
     ) {
@@ -496,6 +507,7 @@ impl<S: StoreAccess> Cx<'_, S> {
         let (Some(state), Some(peer)) = (self.lookup_mut(op), peer) else {
             return;
         };
+        state.in_flight.retain(|r| *r != rpc);
         match result {
             Ok((_, Response::Nodes { nodes } | Response::NoValue { nodes })) => {
                 state
@@ -525,6 +537,12 @@ impl<S: StoreAccess> Cx<'_, S> {
         };
         let state = *state;
         self.dht.ops.lookup_deadlines.remove(&(state.deadline, op));
+        // Answers still on their way are not needed any more: the host may stop those requests.
+        for rpc in &state.in_flight {
+            if self.dht.ops.take_rpc(*rpc).is_some() {
+                self.dht.actions.push_back(super::Action::Cancel(*rpc));
+            }
+        }
         if state.running {
             self.dht.ops.lookups_running -= 1;
             self.fill_lookup_slots();
@@ -572,7 +590,8 @@ impl<S: StoreAccess> Cx<'_, S> {
             }
             AfterLookup::Join | AfterLookup::Rejoin => {
                 let peers = self.dht.peers.len();
-                self.after_join(matches!(state.then, AfterLookup::Rejoin));
+                let rejoin = matches!(state.then, AfterLookup::Rejoin);
+                self.after_join(rejoin, Some(report.answered));
                 self.emit(Event::Joined { peers });
                 if reply {
                     self.done(op, Outcome::Joined(Ok(peers)));

@@ -80,10 +80,14 @@ impl<S: StoreAccess> Cx<'_, S> {
                 self.dht.timers.next_tick = now + self.dht.config.tick;
                 self.housekeeping();
             }
-            if self.dht.timers.rejoin_at.is_some_and(|at| at <= now) && !self.dht.timers.refreshing
-            {
-                self.dht.timers.rejoin_at = None;
-                self.rejoin();
+            if self.dht.timers.rejoin_at.is_some_and(|at| at <= now) {
+                if self.dht.timers.refreshing {
+                    // A refresh is running: the re-join waits for it rather than overlapping.
+                    self.dht.timers.rejoin_at = Some(now + FIRST_REJOIN);
+                } else {
+                    self.dht.timers.rejoin_at = None;
+                    self.rejoin();
+                }
             }
             if self.dht.timers.next_refresh <= now {
                 self.dht.timers.next_refresh = now + self.dht.config.refresh_interval;
@@ -110,12 +114,15 @@ impl<S: StoreAccess> Cx<'_, S> {
         }
     }
 
-    /// A bootstrap (`rejoin`: a re-join) ended. While the table holds fewer than `k` nodes, the
-    /// node re-joins through the bootstrap nodes again: a second later at first, then less and
-    /// less often. A node whose bootstrap failed, or that joined through a node cut off itself,
-    /// so finds the network as soon as its bootstrap nodes do.
-    pub(super) fn after_join(&mut self, rejoin: bool) {
-        let short = self.dht.peers.len() < self.dht.config.k && !self.dht.peers.seeds().is_empty();
+    /// A bootstrap (`rejoin`: a re-join) ended, with `answered` nodes answering its lookup of
+    /// the node's own id (`None`: no bootstrap node answered). Unless that reached `k` nodes,
+    /// the node re-joins through the bootstrap nodes again: a second later at first, then less
+    /// and less often. A node whose bootstrap failed, or that joined through a node cut off
+    /// itself, so finds the network as soon as its bootstrap nodes do; a node in a network of
+    /// more than `k` nodes that found `k` of them leaves it to the periodic refresh.
+    pub(super) fn after_join(&mut self, rejoin: bool, answered: Option<usize>) {
+        let short =
+            answered.is_none_or(|n| n < self.dht.config.k) && !self.dht.peers.seeds().is_empty();
         let timers = &mut self.dht.timers;
         if rejoin {
             timers.refreshing = false;

@@ -100,6 +100,9 @@ pub struct RpcId(u64);
 pub enum Action {
     /// Send a request and report its outcome with [`Dht::handle_reply`].
     Send(Outgoing),
+    /// A request sent earlier whose answer is no longer needed (its lookup ended): the host may
+    /// stop it. An outcome reported for it anyway is ignored.
+    Cancel(RpcId),
     /// Tell the host.
     Event(Event),
     /// A command ended.

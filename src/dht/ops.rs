@@ -23,6 +23,7 @@ pub(crate) struct Running {
 /// A request in flight.
 #[derive(Debug)]
 pub(crate) struct Rpc {
+    pub id: RpcId,
     pub to: Option<NodeId>,
     pub addr: SocketAddr,
     pub request: Arc<Request>,

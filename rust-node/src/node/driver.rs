@@ -19,12 +19,12 @@ use macula_dht::dht::{
     Action, Event, Failure, FailureKind, Outcome, Outgoing, Reply, Started, Trouble,
 };
 use macula_dht::wire::{ErrorReason, NodeInfo, Request, Response};
-use macula_dht::{Dht, NodeId, OpId, Time};
+use macula_dht::{Dht, NodeId, OpId, RpcId, Time};
 use parking_lot::Mutex;
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 use super::{EventSink, NodeConfig, NodeError, Status};
 use crate::identity::id_hex;
@@ -56,6 +56,8 @@ struct Engine {
     /// Callers waiting for a command's outcome. A caller that gave up leaves a closed sender,
     /// dropped when the command ends.
     waiters: HashMap<OpId, oneshot::Sender<Outcome>>,
+    /// The tasks of the requests in flight, to stop those the engine no longer needs.
+    requests: HashMap<RpcId, AbortHandle>,
 }
 
 /// The engine's next deadline, for the timer task.
@@ -85,10 +87,10 @@ pub(crate) enum Begun<T> {
     Running(Waiting),
 }
 
-/// What one input made the engine ask for, carried out after the lock is released.
+/// What one input made the engine ask for that is carried out after the lock is released.
 #[derive(Default)]
 struct ToDo {
-    actions: Vec<Action>,
+    events: Vec<Event>,
     completions: Vec<(oneshot::Sender<Outcome>, Outcome)>,
 }
 
@@ -121,6 +123,7 @@ impl Shared {
             engine: Mutex::new(Engine {
                 dht,
                 waiters: HashMap::new(),
+                requests: HashMap::new(),
             }),
             timer,
             runtime,
@@ -170,12 +173,22 @@ impl Shared {
             let result = input(&mut engine, &mut store, now);
             while let Some(action) = engine.dht.poll_action() {
                 match action {
+                    // Spawned under the lock, so the task cannot end before it is listed.
+                    Action::Send(out) => {
+                        let rpc = out.rpc;
+                        engine.requests.insert(rpc, self.send(out));
+                    }
+                    Action::Cancel(rpc) => {
+                        if let Some(task) = engine.requests.remove(&rpc) {
+                            task.abort();
+                        }
+                    }
                     Action::Done(op, outcome) => {
                         if let Some(waiter) = engine.waiters.remove(&op) {
                             todo.completions.push((waiter, outcome));
                         }
                     }
-                    action => todo.actions.push(action),
+                    Action::Event(event) => todo.events.push(event),
                 }
             }
             // Stored under the lock, so a later input's deadline is never overwritten by an
@@ -268,13 +281,9 @@ impl Shared {
             .encode()
     }
 
-    fn carry_out(self: &Arc<Self>, todo: ToDo) {
-        for action in todo.actions {
-            match action {
-                Action::Send(out) => self.send(out),
-                Action::Event(event) => self.emit(event),
-                Action::Done(..) => {}
-            }
+    fn carry_out(&self, todo: ToDo) {
+        for event in todo.events {
+            self.emit(event);
         }
         for (waiter, outcome) in todo.completions {
             // The caller may have given up: nothing to do then.
@@ -284,9 +293,9 @@ impl Shared {
 
     /// Sends one request on its own task and reports its outcome to the engine. The transport
     /// gives up at the same timeout as the engine, so the task ends by then.
-    fn send(self: &Arc<Self>, out: Outgoing) {
+    fn send(self: &Arc<Self>, out: Outgoing) -> AbortHandle {
         let shared = self.clone();
-        self.runtime.spawn(async move {
+        let task = self.runtime.spawn(async move {
             let frame = out.request.encode();
             let reply = match shared.endpoint.request(out.addr, out.to, frame).await {
                 Ok((from, bytes)) => Reply::Answered {
@@ -295,8 +304,12 @@ impl Shared {
                 },
                 Err(e) => Reply::Failed(failure(&e)),
             };
-            shared.run(|engine, store, now| engine.dht.handle_reply(store, out.rpc, reply, now));
+            shared.run(|engine, store, now| {
+                engine.requests.remove(&out.rpc);
+                engine.dht.handle_reply(store, out.rpc, reply, now)
+            });
         });
+        task.abort_handle()
     }
 
     /// Logs an event as an operator would want it, then passes it to the host.
