@@ -1,5 +1,6 @@
 //! Cluster benches of the node runtime; writes `target/bench/cluster.json`.
 //!
+//! - The floor: a plain UDP round trip on loopback, the machine's cost of two wake-ups.
 //! - One remote FIND_VALUE (3 providers stored) over loopback QUIC: encode, request, the node's
 //!   answer, decode. The node runs on its own thread and single-threaded runtime, the client on
 //!   another, like two processes on one machine. Latency percentiles of sequential requests,
@@ -23,7 +24,7 @@ use macula_dht_node::record::Advertisement;
 use macula_dht_node::{service_key, Endpoint, Identity, Node, NodeConfig, NodeId, Testnet};
 
 mod support;
-use support::{client_endpoint, current_thread, percentile, ServerThread};
+use support::{client_endpoint, current_thread, percentile, udp_round_trips, ServerThread};
 
 const SEQUENTIAL: usize = 20_000;
 const CALLERS: usize = 64;
@@ -62,6 +63,18 @@ async fn find_value(client: &Endpoint, addr: SocketAddr, frame: &[u8]) -> usize 
         Response::Value { providers, .. } => providers.len(),
         other => panic!("unexpected reply {other:?}"),
     }
+}
+
+/// The loopback floor, measured right before the one-hop figure it qualifies.
+fn floor(rows: &mut Vec<Row>) {
+    let rtts = udp_round_trips(SEQUENTIAL);
+    let p50 = percentile(&rtts, 0.50);
+    println!("floor: UDP round trip on loopback, {SEQUENTIAL} sequential: p50 {p50:?}");
+    rows.push(Row {
+        name: "loopback_udp_round_trip_p50_us",
+        unit: "us",
+        ours: p50.as_secs_f64() * 1e6,
+    });
 }
 
 fn one_hop(rows: &mut Vec<Row>) {
@@ -234,6 +247,7 @@ fn output_path() -> PathBuf {
 fn main() {
     // `cargo bench` passes `--bench`; there is nothing to filter.
     let mut rows = Vec::new();
+    floor(&mut rows);
     one_hop(&mut rows);
     lookups(&mut rows);
     let lines: Vec<String> = rows

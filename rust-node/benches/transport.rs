@@ -16,7 +16,7 @@ use macula_dht_node::{Endpoint, Peer};
 use tokio::runtime::Runtime;
 
 mod support;
-use support::{client_endpoint, current_thread, percentile, ServerThread};
+use support::{client_endpoint, current_thread, percentile, udp_round_trips, ServerThread};
 
 const CALLERS: usize = 64;
 const FRAME: &[u8] = b"find_value:0123456789abcdef";
@@ -81,6 +81,11 @@ async fn concurrent(client: &Endpoint, addr: SocketAddr, total: usize) -> Durati
 
 fn percentiles(rt: &Runtime, client: &Endpoint, addr: SocketAddr) {
     const SAMPLES: usize = 20_000;
+    let floor = udp_round_trips(SAMPLES);
+    println!(
+        "floor: UDP round trip on loopback, {SAMPLES} sequential: p50 {:?}",
+        percentile(&floor, 0.50)
+    );
     let mut lat: Vec<Duration> = rt.block_on(async {
         let mut lat = Vec::with_capacity(SAMPLES);
         for _ in 0..SAMPLES {

@@ -21,6 +21,34 @@ pub fn percentile<T: Copy + Ord>(sorted: &[T], p: f64) -> T {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
+/// The machine's floor for a loopback round trip: `n` sequential UDP ping-pongs between this
+/// thread and an echo thread, blocking sockets, no QUIC; sorted. Latency figures are read beside
+/// it (on an idle guest VM most of a round trip is waking halted vCPUs).
+pub fn udp_round_trips(n: usize) -> Vec<std::time::Duration> {
+    use std::net::UdpSocket;
+    let server = UdpSocket::bind("127.0.0.1:0").expect("bind echo");
+    let server_addr = server.local_addr().expect("echo address");
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        for _ in 0..n {
+            let (len, from) = server.recv_from(&mut buf).expect("echo recv");
+            server.send_to(&buf[..len], from).expect("echo send");
+        }
+    });
+    let client = UdpSocket::bind("127.0.0.1:0").expect("bind client");
+    let mut buf = [0u8; 64];
+    let mut rtts = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = std::time::Instant::now();
+        client.send_to(b"ping", server_addr).expect("send");
+        client.recv_from(&mut buf).expect("recv");
+        rtts.push(start.elapsed());
+    }
+    echo.join().expect("echo thread");
+    rtts.sort_unstable();
+    rtts
+}
+
 /// A client endpoint on a free loopback port with a fresh identity.
 pub fn client_endpoint() -> Endpoint {
     Endpoint::bind(
