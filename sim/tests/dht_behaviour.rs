@@ -59,14 +59,50 @@ fn without(mut nodes: Vec<usize>, node: usize) -> Vec<usize> {
     nodes
 }
 
+/// A record `service` published once by the first of `n` settled nodes replicating `k`-wide,
+/// and the nodes that took a copy.
+struct Replicated {
+    net: Network,
+    nodes: Vec<usize>,
+    publisher: usize,
+    key: [u8; 32],
+    holders: Vec<usize>,
+}
+
+fn replicated(k: usize, n: usize, service: &str) -> Replicated {
+    let (mut net, nodes) = network(config(k), n);
+    let publisher = nodes[0];
+    net.publish_once(publisher, service, "https://p:1", 3_600);
+    net.run_for(5 * SECOND);
+    let key = service_key(service);
+    let holders = without(net.holders(&key), publisher);
+    Replicated {
+        net,
+        nodes,
+        publisher,
+        key,
+        holders,
+    }
+}
+
+/// A node closer to the record's key than every replica, joined through `via`.
+fn closer_newcomer(r: &mut Replicated, via: usize) -> usize {
+    let id = closer_id(&mut r.net, &r.key, &r.holders);
+    let newcomer = r.net.add_node_with_id(id);
+    r.net.join(newcomer, &[via]);
+    r.net.run_for(5 * SECOND);
+    newcomer
+}
+
 #[test]
 fn a_store_reaches_the_k_closest_nodes() {
-    let (mut net, nodes) = network(config(4), 60);
-    let publisher = nodes[5];
-    net.publish_once(publisher, "svc", "https://p:1", 600);
-    net.run_for(5 * SECOND);
-    let key = service_key("svc");
-    let holders = without(net.holders(&key), publisher);
+    let Replicated {
+        net,
+        publisher,
+        key,
+        holders,
+        ..
+    } = replicated(4, 60, "svc");
     let mut closest = without(net.closest_alive(&key, 5), publisher);
     closest.truncate(4);
     for replica in &closest {
@@ -79,61 +115,48 @@ fn a_store_reaches_the_k_closest_nodes() {
 
 #[test]
 fn a_newcomer_gets_the_records_it_is_now_responsible_for() {
-    let (mut net, nodes) = network(config(3), 30);
     // Published once: only a hand-off can bring it to a node that joins later.
-    net.publish_once(nodes[0], "handed", "https://p:1", 3_600);
-    net.run_for(5 * SECOND);
-    let key = service_key("handed");
-    let holders = without(net.holders(&key), nodes[0]);
-    let id = closer_id(&mut net, &key, &holders);
-    let newcomer = net.add_node_with_id(id);
-    net.join(newcomer, &[nodes[10]]);
-    net.run_for(10 * SECOND);
-    assert!(net.holders(&key).contains(&newcomer));
-    assert!(net.node(newcomer).dht.status().stats.requests_sent > 0);
+    let mut r = replicated(3, 30, "handed");
+    let via = r.nodes[10];
+    let newcomer = closer_newcomer(&mut r, via);
+    r.net.run_for(5 * SECOND);
+    assert!(r.net.holders(&r.key).contains(&newcomer));
 }
 
 #[test]
 fn a_removal_reaches_copies_outside_the_current_closest() {
-    let (mut net, nodes) = network(config(2), 12);
-    let publisher = nodes[0];
-    net.publish_once(publisher, "moving", "https://p:1", 3_600);
-    net.run_for(5 * SECOND);
-    let key = service_key("moving");
-    let holders = without(net.holders(&key), publisher);
-    assert_eq!(holders.len(), 2);
-
+    let mut r = replicated(2, 12, "moving");
+    assert_eq!(r.holders.len(), 2);
     // A newcomer closer to the key than both holders: the current 2 closest are no longer the
     // nodes the STORE reached.
-    let id = closer_id(&mut net, &key, &holders);
-    let newcomer = net.add_node_with_id(id);
-    net.join(newcomer, &[nodes[1]]);
-    net.run_for(5 * SECOND);
-    net.run_command(publisher, 10 * SECOND, |dht, store, now| {
-        dht.find_node(store, id, now)
-    });
+    let via = r.nodes[1];
+    let newcomer = closer_newcomer(&mut r, via);
+    let id = r.net.node(newcomer).id();
+    r.net
+        .run_command(r.publisher, 10 * SECOND, |dht, store, now| {
+            dht.find_node(store, id, now)
+        });
 
-    net.withdraw(publisher, "moving");
-    net.run_for(5 * SECOND);
-    assert_eq!(net.holders(&key), Vec::<usize>::new());
+    r.net.withdraw(r.publisher, "moving");
+    r.net.run_for(5 * SECOND);
+    assert_eq!(r.net.holders(&r.key), Vec::<usize>::new());
 }
 
 #[test]
 fn a_removal_follows_the_copies_a_replica_handed_off() {
-    let (mut net, nodes) = network(config(2), 12);
-    let publisher = nodes[0];
-    net.publish_once(publisher, "handed", "https://p:1", 3_600);
-    net.run_for(5 * SECOND);
-    let key = service_key("handed");
-    let holders = without(net.holders(&key), publisher);
-    assert_eq!(holders.len(), 2);
-
+    let mut r = replicated(2, 12, "handed");
+    assert_eq!(r.holders.len(), 2);
     // A newcomer closer to the key joins through a holder, which hands it the record.
-    let id = closer_id(&mut net, &key, &holders);
-    let newcomer = net.add_node_with_id(id);
-    net.join(newcomer, &[holders[0]]);
-    net.run_for(5 * SECOND);
-    assert!(net.holders(&key).contains(&newcomer));
+    let via = r.holders[0];
+    let newcomer = closer_newcomer(&mut r, via);
+    assert!(r.net.holders(&r.key).contains(&newcomer));
+    let Replicated {
+        mut net,
+        nodes,
+        publisher,
+        key,
+        holders,
+    } = r;
 
     // REMOVE reaches the holders only (from a node that is not the publisher); they pass it on.
     let remove = Request::Remove {
@@ -149,12 +172,14 @@ fn a_removal_follows_the_copies_a_replica_handed_off() {
 
 #[test]
 fn a_late_copy_of_a_removed_record_stays_out_and_a_newer_one_goes_in() {
-    let (mut net, nodes) = network(config(3), 12);
-    let publisher = nodes[0];
-    net.publish_once(publisher, "late", "https://p:1", 3_600);
-    net.run_for(5 * SECOND);
-    let key = service_key("late");
-    let holder = without(net.holders(&key), publisher)[0];
+    let Replicated {
+        mut net,
+        nodes,
+        publisher,
+        key,
+        holders,
+    } = replicated(3, 12, "late");
+    let holder = holders[0];
     let now_ms = net.now().as_millis();
     let old = net
         .node(holder)
