@@ -10,6 +10,17 @@
 //! Messages are passed as decoded [`Request`]/[`Response`] values (the codec has its own tests
 //! and fuzzing); a request to a crashed node, or a lost message, is simply never answered, and
 //! the sender's engine fails it at its deadline as a real node would.
+//!
+//! ```
+//! use std::time::Duration;
+//! use macula_dht_sim::{Network, SimConfig};
+//!
+//! let mut net = Network::new(SimConfig::default()); // seed 1, 50 ms median round trip
+//! let nodes = net.grow(100, Duration::from_millis(100)); // each joins through a random one
+//! net.advertise(nodes[3], "svc.calc", "https://calc:1", 300);
+//! net.run_for(Duration::from_secs(60));
+//! assert_eq!(net.discover(nodes[50], "svc.calc", 1).unwrap().len(), 1);
+//! ```
 
 #![warn(missing_docs)]
 
