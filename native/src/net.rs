@@ -5,17 +5,18 @@
 //! `net_start`, which binds the listener on a dirty I/O scheduler. Peers are answered inside Rust
 //! from the same store the Erlang API reads, so a peer's FIND_VALUE never reaches Erlang, and a
 //! peer's STORE is visible to the next `get_local`. Work started from Erlang (a lookup, a
-//! replication, a removal) runs as a task that reports back by message:
+//! replication, a removal) starts in the node's engine at once and runs there to its end, within
+//! the engine's bounds; what reports back is by message:
 //!
-//! - lookups: `{macula_dht_lookup, Tag, {ok, Providers}}` to the caller, always sent, within the
-//!   node's lookup timeout, or `{error, lookup_failed}` if the task died;
+//! - lookups: `{macula_dht_lookup, Tag, {ok | no_answer, Providers}}` to the caller, always
+//!   sent, within the node's lookup timeout, or `{error, lookup_failed}` if its task died;
 //! - events, to the process that owns the node: `{macula_dht_net, {peer_up | peer_down,
 //!   NodeInfo}}` and `{macula_dht_net, {lookup, Summary}}` while it asked for them, and
 //!   `{macula_dht_net, {bootstrap, Result}}` once after start.
 //!
 //! Peers entering and leaving the runtime's routing table are mirrored into the node's Erlang
 //! routing table as `#{node_id, address, last_seen}`, so `size/1` and `find_closest/3` see the
-//! mesh. Network tasks started from Erlang are bounded by `MAX_TASKS`.
+//! mesh. The tasks waiting for lookups started from Erlang are bounded by `MAX_TASKS`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -35,7 +36,7 @@ use tokio::runtime::{Handle, Runtime};
 use crate::node::{unix_ms, Node, Table};
 use crate::reply::{self, atoms};
 
-/// Network tasks started from Erlang (lookups, replications, removals) running at once, per node.
+/// Lookups started from Erlang waiting for their outcome at once, per node.
 const MAX_TASKS: usize = 4096;
 
 /// Longest `close/1` waits for a node's endpoint to close (it gives up its port then).
@@ -79,16 +80,11 @@ impl Net {
     }
 
     /// Removes the provider here at once (leaving a tombstone) and sends REMOVE in the
-    /// background to the `k` closest nodes and every node that took a copy from here. With
-    /// every task slot taken, the removal stays local (the record then lapses by its ttl).
+    /// background to the `k` closest nodes and every node that took a copy from here. The
+    /// engine runs it to the end and counts REMOVEs that were not acknowledged; nobody waits for
+    /// its outcome.
     pub fn remove(&self, key: &[u8], node_id: &[u8]) {
-        let sending = self.node.remove(key, node_id);
-        if let Some(slot) = TaskSlot::take(&self.tasks) {
-            self.runtime.spawn(async move {
-                let _slot = slot;
-                let _ = sending.await;
-            });
-        }
+        drop(self.node.remove(key, node_id));
     }
 
     /// Stops the node: timers at once, the endpoint as soon as the runtime gets to it.
@@ -388,7 +384,9 @@ fn net_find_value<'a>(
     atoms::ok().encode(env)
 }
 
-/// `store_put`, then a STORE of the record to the `k` closest nodes in the background.
+/// `store_put`, then a STORE of the record to the `k` closest nodes in the background: the
+/// engine runs it to the end and counts STOREs that were not acknowledged; nobody waits for its
+/// outcome.
 #[rustler::nif]
 fn net_store<'a>(env: Env<'a>, node: &'a Node, key: Term<'a>, value: Term<'a>) -> Term<'a> {
     let (key, bytes) = match crate::put(env, node, key, value) {
@@ -398,15 +396,7 @@ fn net_store<'a>(env: Env<'a>, node: &'a Node, key: Term<'a>, value: Term<'a>) -
     let Some(net) = node.net() else {
         return atoms::ok().encode(env);
     };
-    let etf = bytes.as_slice().to_vec();
-    if let Some(slot) = TaskSlot::take(&net.tasks) {
-        let key = key.as_slice().to_vec();
-        let sender = net.node.clone();
-        net.runtime.spawn(async move {
-            let _slot = slot;
-            let _ = sender.replicate(&key, &etf).await;
-        });
-    }
+    drop(net.node.replicate(key.as_slice(), bytes.as_slice()));
     atoms::ok().encode(env)
 }
 

@@ -44,7 +44,7 @@ pub use config::DhtConfig;
 pub use events::{Event, LookupKind, LookupSummary, Trouble};
 
 use crate::provider::{ProviderError, ProviderRecord};
-use crate::record::{service_key, Advertisement, Provider, RecordError};
+use crate::record::{Advertisement, Provider, RecordError};
 use crate::settings::SettingError;
 use crate::store::{ProviderStore, StoreError};
 use crate::table::TableConfig;
@@ -635,11 +635,6 @@ impl Dht {
     /// Nodes in the routing table, counted.
     pub fn peer_count(&self) -> usize {
         self.peers.len()
-    }
-
-    /// The DHT key of `service`, as [`Dht::advertise`] uses it.
-    pub fn service_key(service: &str) -> [u8; 32] {
-        service_key(service)
     }
 
     /// A snapshot of the node's state and counters.
