@@ -246,7 +246,7 @@ timed_find_value() ->
 %% A process waiting for its lookup's reply inside `find_value'.
 waits_for_lookup(Pid) ->
     erlang:process_info(Pid, current_function) =:=
-        {current_function, {macula_routing_server, network_find_value, 4}}.
+        {current_function, {macula_routing_server, network_find_value, 3}}.
 
 %% 10 concurrent lookups of missing keys each reply `{ok, []}' within the bound.
 bounded_lookups(What, LookupTimeout) ->
