@@ -14,6 +14,7 @@
 //! - [`lookup`]: the iterative lookup state machine.
 //! - [`wire`]: the versioned request/response messages nodes exchange, as bounded ETF.
 //! - [`record`]: the provider map a node advertises, written and read.
+//! - [`seal`]: publisher signatures on provider records and removals.
 //! - [`settings`]: every user-facing setting with its default and range, defined once.
 //! - [`time`]: the time the host passes in.
 
@@ -25,6 +26,7 @@ pub mod id;
 pub mod lookup;
 pub mod provider;
 pub mod record;
+pub mod seal;
 pub mod settings;
 pub mod store;
 pub mod table;

@@ -189,6 +189,39 @@ pub const MAX_KEY_BYTES_NETWORKED: Setting = Setting {
     ..MAX_KEY_BYTES
 };
 
+/// Records a provider store holds at most, under all keys.
+pub const MAX_RECORDS: Setting = Setting {
+    name: "max_records",
+    default: 1_000_000,
+    min: 1,
+    max: 1_000_000_000,
+};
+
+/// Bytes of keys, terms and seals a provider store holds at most.
+pub const MAX_BYTES: Setting = Setting {
+    name: "max_bytes",
+    default: 512 << 20,
+    min: 1 << 20,
+    max: 1 << 40,
+};
+
+/// Percent of `max_records` and of `max_bytes` that the records of one publisher (other than
+/// the node itself) may take in a node's store.
+pub const PUBLISHER_SHARE_PCT: Setting = Setting {
+    name: "publisher_share_pct",
+    default: 10,
+    min: 1,
+    max: 100,
+};
+
+/// STOREs per second one peer may send; a burst of five seconds' worth is allowed.
+pub const PEER_STORES_PER_S: Setting = Setting {
+    name: "peer_stores_per_s",
+    default: 2_000,
+    min: 1,
+    max: 1_000_000,
+};
+
 /// Seconds a provider without `ttl` lives.
 pub const DEFAULT_TTL: Setting = Setting {
     name: "default_ttl",
@@ -223,7 +256,7 @@ pub const EXPIRE_INTERVAL_MS: Setting = Setting {
 
 /// The settings of `macula_routing_server` (the BEAM host), as it accepts them without
 /// `listen`.
-pub const SERVER: [Setting; 11] = [
+pub const SERVER: [Setting; 13] = [
     K_TABLE_ONLY,
     ALPHA,
     REPLACEMENTS,
@@ -233,18 +266,22 @@ pub const SERVER: [Setting; 11] = [
     MAX_KEY_BYTES,
     DEFAULT_TTL,
     MAX_TTL,
+    MAX_RECORDS,
+    MAX_BYTES,
     READ_CACHE,
     EXPIRE_INTERVAL_MS,
 ];
 
 /// What a node on the network accepts besides (or instead of) [`SERVER`]: narrower ranges where
 /// the wire needs them, and the network's own timeouts.
-pub const NETWORK: [Setting; 5] = [
+pub const NETWORK: [Setting; 7] = [
     K,
     MAX_RECORD_BYTES_NETWORKED,
     MAX_KEY_BYTES_NETWORKED,
     REQUEST_TIMEOUT_MS,
     LOOKUP_TIMEOUT_MS,
+    PUBLISHER_SHARE_PCT,
+    PEER_STORES_PER_S,
 ];
 
 #[cfg(test)]

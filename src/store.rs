@@ -15,7 +15,10 @@ use hashbrown::HashTable;
 
 use crate::etf;
 use crate::provider::{ProviderError, ProviderRecord};
-use entry::{KeyEntry, NewRecord, Purged, Record, Upsert};
+use crate::seal::{Publisher, Seal};
+use entry::{KeyEntry, NewRecord, Upsert};
+
+pub use entry::Record;
 use expiry::ExpiryIndex;
 
 /// Hard caps and TTL policy of a [`ProviderStore`].
@@ -36,17 +39,27 @@ pub struct StoreLimits {
     pub default_ttl_secs: u32,
     /// Longest TTL applied, in seconds; larger `ttl` values are clamped to it.
     pub max_ttl_secs: u32,
+    /// Most records held at once, under all keys. Adding one beyond it first purges expired
+    /// records, then fails with [`StoreError::TooManyRecords`].
+    pub max_records: usize,
+    /// Most bytes of keys, terms and seals held at once ([`StoreStats::bytes`]). Adding a record
+    /// beyond it first purges expired records, then fails with [`StoreError::TooManyBytes`].
+    pub max_bytes: usize,
 }
 
 impl Default for StoreLimits {
+    /// The defaults of the settings table ([`crate::settings`]).
     fn default() -> Self {
+        use crate::settings::*;
         StoreLimits {
-            max_keys: 1_000_000,
-            max_providers_per_key: 1_000,
-            max_record_bytes: 65_536,
-            max_key_bytes: 1_024,
-            default_ttl_secs: 300,
-            max_ttl_secs: 86_400,
+            max_keys: MAX_KEYS.default_usize(),
+            max_providers_per_key: MAX_PROVIDERS_PER_KEY.default_usize(),
+            max_record_bytes: MAX_RECORD_BYTES.default_usize(),
+            max_key_bytes: MAX_KEY_BYTES.default_usize(),
+            default_ttl_secs: DEFAULT_TTL.default as u32,
+            max_ttl_secs: MAX_TTL.default as u32,
+            max_records: MAX_RECORDS.default_usize(),
+            max_bytes: MAX_BYTES.default_usize(),
         }
     }
 }
@@ -85,9 +98,41 @@ pub enum StoreError {
         /// The configured [`StoreLimits::max_providers_per_key`].
         max: usize,
     },
+    /// The record would be added while the store holds [`StoreLimits::max_records`] records
+    /// even after purging expired ones.
+    #[error("store already holds {max} records")]
+    TooManyRecords {
+        /// The configured [`StoreLimits::max_records`].
+        max: usize,
+    },
+    /// The record would take the store past [`StoreLimits::max_bytes`] even after purging
+    /// expired records.
+    #[error("store would hold more than {max} bytes")]
+    TooManyBytes {
+        /// The configured [`StoreLimits::max_bytes`].
+        max: usize,
+    },
+    /// A sealed record whose slot holds a record of the same publisher with a sequence at least
+    /// as high (an old or replayed copy); does not count in [`StoreStats::rejected`].
+    #[error("sequence {seq} is not newer than the {held} held")]
+    Stale {
+        /// The sequence offered.
+        seq: u64,
+        /// The sequence held.
+        held: u64,
+    },
     /// The term is not a valid provider map; does not count in [`StoreStats::rejected`].
     #[error("invalid provider: {0}")]
     InvalidProvider(#[from] ProviderError),
+}
+
+/// What one publisher's sealed records take in a store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Share {
+    /// Records held.
+    pub records: usize,
+    /// Term and seal bytes held.
+    pub bytes: usize,
 }
 
 /// What [`ProviderStore::write_list`] wrote.
@@ -117,7 +162,7 @@ pub struct StoreStats {
     pub keys: usize,
     /// Records held, including expired ones not yet purged.
     pub records: usize,
-    /// Key and term bytes held.
+    /// Key, term and seal bytes held.
     pub bytes: usize,
     /// Records ever removed because they expired.
     pub expired: u64,
@@ -159,20 +204,42 @@ impl ProviderStore {
         &self.limits
     }
 
-    /// Multi-provider upsert (contract order): a provider whose node_id equals a stored
-    /// provider's node_id under `key` replaces it in place (keeping its position); otherwise the
-    /// new provider goes first. A provider without node_id is always added (first). Expiry is
-    /// `now + min(ttl or default_ttl, max_ttl)` seconds; a replace refreshes it.
+    /// Multi-provider upsert (contract order) of a local, unsealed record: a provider whose
+    /// node_id equals a stored unsealed provider's node_id under `key` replaces it in place
+    /// (keeping its position); otherwise the new provider goes first. A provider without node_id
+    /// is always added (first). Expiry is `now + min(ttl or default_ttl, max_ttl)` seconds; a
+    /// replace refreshes it.
     ///
     /// Limits: key length and term length are always checked; `max_keys` only when the key is new;
-    /// `max_providers_per_key` only when adding, never for a replace. Expired records are treated
-    /// as gone: those under `key` are purged first, and when the store is at `max_keys` expired
-    /// records everywhere are purged before a new key is refused. A refused upsert changes no
-    /// live provider.
+    /// `max_providers_per_key`, `max_records` and `max_bytes` only when adding, never for a
+    /// replace. Expired records are treated as gone: those under `key` are purged first, and when
+    /// the store is at a limit expired records everywhere are purged before a write is refused. A
+    /// refused upsert changes no live provider.
     pub fn upsert(&mut self, key: &[u8], etf: &[u8], now_ms: u64) -> Result<Upserted, StoreError> {
-        let result = self.try_upsert(key, etf, now_ms);
+        self.counted(|s| s.try_upsert(key, etf, None, now_ms))
+    }
+
+    /// [`upsert`](Self::upsert) of a record from the network, with its publisher's seal
+    /// (checked by the caller). Its slot is (`node_id`, publisher): it replaces only a record of
+    /// the same publisher, and only with a higher sequence ([`StoreError::Stale`] otherwise).
+    /// Expiry is `now + min(seal's ttl, max_ttl)`.
+    pub fn upsert_sealed(
+        &mut self,
+        key: &[u8],
+        etf: &[u8],
+        seal: &Seal,
+        now_ms: u64,
+    ) -> Result<Upserted, StoreError> {
+        self.counted(|s| s.try_upsert(key, etf, Some(seal), now_ms))
+    }
+
+    fn counted(
+        &mut self,
+        upsert: impl FnOnce(&mut Self) -> Result<Upserted, StoreError>,
+    ) -> Result<Upserted, StoreError> {
+        let result = upsert(self);
         if let Err(e) = &result {
-            if !matches!(e, StoreError::InvalidProvider(_)) {
+            if !matches!(e, StoreError::InvalidProvider(_) | StoreError::Stale { .. }) {
                 self.counts.rejected += 1;
             }
         }
@@ -180,24 +247,68 @@ impl ProviderStore {
         result
     }
 
-    /// Removes the provider with that node_id under key (live or expired); the key disappears
-    /// when its last provider goes. Returns whether something was removed.
+    /// Removes every provider with that node_id under key (live or expired, of any publisher);
+    /// the key disappears when its last provider goes. Returns whether something was removed.
     pub fn remove(&mut self, key: &[u8], node_id: &[u8]) -> bool {
+        self.remove_where(key, |r| r.node_id == Some(node_id))
+    }
+
+    /// Removes the record of one slot: `node_id` as published by `publisher` (`None`: the
+    /// unsealed local record). Returns whether it was held.
+    pub fn remove_slot(
+        &mut self,
+        key: &[u8],
+        node_id: &[u8],
+        publisher: Option<&Publisher>,
+    ) -> bool {
+        self.remove_where(key, |r| {
+            r.node_id == Some(node_id) && r.publisher() == publisher
+        })
+    }
+
+    fn remove_where(&mut self, key: &[u8], which: impl Fn(&Record<'_>) -> bool) -> bool {
         let hash = self.hasher.hash_one(key);
         let Ok(mut slot) = self.entries.find_entry(hash, |e| e.key() == key) else {
             return false;
         };
-        let Some(term_len) = slot.get_mut().remove(node_id) else {
-            return false;
-        };
-        self.counts.records -= 1;
-        self.counts.bytes -= term_len;
+        let counts = &mut self.counts;
+        let removed = slot
+            .get_mut()
+            .remove_where(which, &mut |r| counts.forget(r));
         if slot.get().is_empty() {
             let (gone, _) = slot.remove();
             self.counts.bytes -= gone.key().len();
         }
         self.compact_index();
-        true
+        removed > 0
+    }
+
+    /// The live record of one slot (`publisher`: `None` for the unsealed local record).
+    pub fn slot(
+        &self,
+        key: &[u8],
+        node_id: &[u8],
+        publisher: Option<&Publisher>,
+        now_ms: u64,
+    ) -> Option<Record<'_>> {
+        self.entry(key)?
+            .slot(node_id, publisher)
+            .filter(|r| r.expires_at > now_ms)
+    }
+
+    /// The live records under `key` in stored order, with their seals.
+    pub fn records(&self, key: &[u8], now_ms: u64) -> impl Iterator<Item = Record<'_>> + '_ {
+        self.live_records(key, now_ms)
+    }
+
+    /// What `publisher`'s sealed records take in this store (expired ones not yet purged
+    /// included).
+    pub fn share(&self, publisher: &Publisher) -> Share {
+        self.counts
+            .shares
+            .get(publisher)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Live providers (`expires_at > now`) under key in stored order, as term bytes without the
@@ -274,7 +385,13 @@ impl ProviderStore {
         }
     }
 
-    fn try_upsert(&mut self, key: &[u8], etf: &[u8], now_ms: u64) -> Result<Upserted, StoreError> {
+    fn try_upsert(
+        &mut self,
+        key: &[u8],
+        etf: &[u8],
+        seal: Option<&Seal>,
+        now_ms: u64,
+    ) -> Result<Upserted, StoreError> {
         let max_key = self.limits.max_key_bytes.min(entry::MAX_KEY);
         if key.len() > max_key {
             return Err(StoreError::KeyTooLarge {
@@ -294,9 +411,13 @@ impl ProviderStore {
             return Err(too_large);
         }
         let provider = ProviderRecord::parse(etf)?;
-        let ttl = provider.ttl_secs().unwrap_or(self.limits.default_ttl_secs);
+        let ttl = match seal {
+            Some(seal) => seal.ttl_secs,
+            None => provider.ttl_secs().unwrap_or(self.limits.default_ttl_secs),
+        };
         let ttl_ms = u64::from(ttl.min(self.limits.max_ttl_secs)) * 1000;
-        let record = NewRecord::new(&provider, now_ms.saturating_add(ttl_ms)).ok_or(too_large)?;
+        let record =
+            NewRecord::new(&provider, now_ms.saturating_add(ttl_ms), seal).ok_or(too_large)?;
 
         let hash = self.hasher.hash_one(key);
         let existing = match self.entries.find_entry(hash, |e| e.key() == key) {
@@ -308,22 +429,40 @@ impl ProviderStore {
             Ok(slot) => Some(slot.into_mut()),
             Err(_) => None,
         };
+        let adds = record.stored_len() + if existing.is_none() { key.len() } else { 0 };
+        let replaces = existing
+            .as_ref()
+            .and_then(|e| {
+                record
+                    .node_id()
+                    .and_then(|id| e.slot(id, record.publisher()))
+            })
+            .is_some();
+        if !replaces {
+            self.make_room(adds, now_ms)?;
+        }
+        // `make_room` may have purged the key: look it up again.
+        let existing = self.entries.find_mut(hash, |e| e.key() == key);
         let Some(entry) = existing else {
             return self.insert_key(key, hash, &record, now_ms);
         };
         let upserted = match entry.upsert(&record, self.limits.max_providers_per_key) {
-            Upsert::Replaced { old_term_len } => {
-                self.counts.bytes = self.counts.bytes - old_term_len + term_len;
+            Upsert::Replaced { old_len } => {
+                self.counts
+                    .replace(record.publisher(), old_len, record.stored_len());
                 Upserted::Replaced
             }
             Upsert::Inserted => {
-                self.counts.records += 1;
-                self.counts.bytes += term_len;
+                self.counts.add(record.publisher(), record.stored_len());
                 Upserted::Inserted
             }
             Upsert::Full => {
                 let max = self.limits.max_providers_per_key;
                 return Err(StoreError::TooManyProviders { max });
+            }
+            Upsert::Stale { held } => {
+                let seq = seal.map_or(0, |s| s.seq);
+                return Err(StoreError::Stale { seq, held });
             }
         };
         if record.expires_at() < entry.scheduled() {
@@ -356,14 +495,36 @@ impl ProviderStore {
             len: key.len(),
             max: entry::MAX_KEY,
         })?;
-        let term_len = record.term_len();
         let hasher = &self.hasher;
         self.entries
             .insert_unique(hash, entry, |e| hasher.hash_one(e.key()));
         self.expiry.push(record.expires_at(), hash);
-        self.counts.records += 1;
-        self.counts.bytes += key.len() + term_len;
+        self.counts.add(record.publisher(), record.stored_len());
+        self.counts.bytes += key.len();
         Ok(Upserted::Inserted)
+    }
+
+    /// Refuses a write that adds a record of `bytes` past `max_records` or `max_bytes`, once
+    /// expired records are purged.
+    fn make_room(&mut self, bytes: usize, now_ms: u64) -> Result<(), StoreError> {
+        let full = |s: &Self| {
+            if s.counts.records >= s.limits.max_records {
+                Some(StoreError::TooManyRecords {
+                    max: s.limits.max_records,
+                })
+            } else if s.counts.bytes.saturating_add(bytes) > s.limits.max_bytes {
+                Some(StoreError::TooManyBytes {
+                    max: s.limits.max_bytes,
+                })
+            } else {
+                None
+            }
+        };
+        if full(self).is_none() {
+            return Ok(());
+        }
+        self.expire(now_ms);
+        full(self).map_or(Ok(()), Err)
     }
 
     fn entry(&self, key: &[u8]) -> Option<&KeyEntry> {
@@ -381,13 +542,49 @@ impl ProviderStore {
     }
 }
 
-/// Running totals behind [`StoreStats`].
+/// Running totals behind [`StoreStats`], and each publisher's share.
 #[derive(Debug, Default)]
 struct Counts {
     records: usize,
     bytes: usize,
     expired: u64,
     rejected: u64,
+    /// Publishers of sealed records held; an entry goes with its publisher's last record.
+    shares: hashbrown::HashMap<Publisher, Share>,
+}
+
+impl Counts {
+    fn add(&mut self, publisher: Option<&Publisher>, len: usize) {
+        self.records += 1;
+        self.bytes += len;
+        if let Some(publisher) = publisher {
+            let share = self.shares.entry(*publisher).or_default();
+            share.records += 1;
+            share.bytes += len;
+        }
+    }
+
+    fn replace(&mut self, publisher: Option<&Publisher>, old_len: usize, len: usize) {
+        self.bytes = self.bytes - old_len + len;
+        if let Some(share) = publisher.and_then(|p| self.shares.get_mut(p)) {
+            share.bytes = share.bytes - old_len + len;
+        }
+    }
+
+    fn forget(&mut self, record: &Record<'_>) {
+        let len = record.stored_len();
+        self.records -= 1;
+        self.bytes -= len;
+        if let Some(publisher) = record.publisher() {
+            if let Some(share) = self.shares.get_mut(publisher) {
+                share.records -= 1;
+                share.bytes -= len;
+                if share.records == 0 {
+                    self.shares.remove(publisher);
+                }
+            }
+        }
+    }
 }
 
 /// Purges the expired records of one key and reschedules it, or removes the key when nothing is
@@ -400,14 +597,10 @@ fn purge<'t>(
     expiry: &mut ExpiryIndex,
     counts: &mut Counts,
 ) -> Option<&'t mut KeyEntry> {
-    let Purged {
-        records,
-        term_bytes,
-        next_expiry,
-    } = slot.get_mut().purge_expired(now_ms);
-    counts.records -= records;
-    counts.bytes -= term_bytes;
-    counts.expired += records as u64;
+    let next_expiry = slot.get_mut().purge_expired(now_ms, &mut |r| {
+        counts.forget(r);
+        counts.expired += 1;
+    });
     match next_expiry {
         Some(at) => {
             // Every record left expires after `now`; scheduling after `now` regardless keeps
@@ -705,6 +898,97 @@ mod tests {
             }
         );
         assert_eq!(out, [&[131, 108, 0, 0, 0, 1][..], &b[1..], &[106]].concat());
+    }
+
+    #[test]
+    fn sealed_records_keep_their_seal_their_slot_and_their_publishers_share() {
+        let mut s = ProviderStore::new(StoreLimits::default());
+        let (k1, k2) = (
+            crate::seal::Keypair::from_seed(&[1; 32]),
+            crate::seal::Keypair::from_seed(&[2; 32]),
+        );
+        let p = with_ttl("node-1", 3600);
+        let seal = |k: &crate::seal::Keypair, seq| k.seal(b"k", &p[1..], seq, 60);
+        s.upsert(b"k", &p, 0).unwrap();
+        assert_eq!(
+            s.upsert_sealed(b"k", &p, &seal(&k1, 5), 0),
+            Ok(Upserted::Inserted)
+        );
+        assert_eq!(
+            s.upsert_sealed(b"k", &p, &seal(&k2, 1), 0),
+            Ok(Upserted::Inserted)
+        );
+        assert_eq!(
+            s.upsert_sealed(b"k", &p, &seal(&k1, 5), 0),
+            Err(StoreError::Stale { seq: 5, held: 5 })
+        );
+        assert_eq!(s.stats().rejected, 0, "a stale copy is no limit");
+        assert_eq!(
+            s.upsert_sealed(b"k", &p, &seal(&k1, 6), 0),
+            Ok(Upserted::Replaced)
+        );
+        assert_eq!(s.records(b"k", 0).count(), 3);
+        let held = s.slot(b"k", b"node-1", Some(k1.public()), 0).unwrap();
+        assert_eq!(held.seal().map(|x| x.seq), Some(6));
+        // The seal's ttl sets the expiry, not the term's.
+        assert_eq!(held.expires_at, 60 * S);
+        assert!(s.slot(b"k", b"node-1", Some(k1.public()), 60 * S).is_none());
+        let share = s.share(k1.public());
+        assert_eq!(
+            share,
+            Share {
+                records: 1,
+                bytes: p.len() - 1 + crate::seal::SEAL_LEN
+            }
+        );
+        assert!(s.remove_slot(b"k", b"node-1", Some(k2.public())));
+        assert_eq!(s.share(k2.public()), Share::default());
+        assert_eq!(s.records(b"k", 0).count(), 2);
+        // A local removal by node_id takes every slot of it.
+        assert!(s.remove(b"k", b"node-1"));
+        assert!(!s.contains_key(b"k"));
+        assert_eq!(s.share(k1.public()), Share::default());
+        assert_eq!((s.stats().records, s.stats().bytes), (0, 0));
+        // Expiry gives the share back too.
+        s.upsert_sealed(b"k", &p, &seal(&k1, 7), 0).unwrap();
+        assert_eq!(s.expire(60 * S), 1);
+        assert_eq!(s.share(k1.public()), Share::default());
+    }
+
+    #[test]
+    fn total_records_and_bytes_are_capped() {
+        let limits = StoreLimits {
+            max_records: 2,
+            max_bytes: 1 << 20,
+            ..StoreLimits::default()
+        };
+        let mut s = ProviderStore::new(limits);
+        s.upsert(b"a", &with_ttl("x", 10), 0).unwrap();
+        s.upsert(b"b", &with_ttl("x", 100), 0).unwrap();
+        assert_eq!(
+            s.upsert(b"c", &with_ttl("x", 100), 0),
+            Err(StoreError::TooManyRecords { max: 2 })
+        );
+        assert_eq!(
+            s.upsert(b"b", &with_ttl("x", 100), 0),
+            Ok(Upserted::Replaced)
+        );
+        // Once the first has expired, there is room again.
+        assert_eq!(
+            s.upsert(b"c", &with_ttl("x", 100), 10 * S),
+            Ok(Upserted::Inserted)
+        );
+        let tiny = StoreLimits {
+            max_bytes: 40,
+            ..StoreLimits::default()
+        };
+        let mut s = ProviderStore::new(tiny);
+        s.upsert(b"a", &with_ttl("x", 10), 0).unwrap();
+        assert_eq!(
+            s.upsert(b"b", &with_ttl("y", 10), 0),
+            Err(StoreError::TooManyBytes { max: 40 })
+        );
+        assert_eq!(s.stats().rejected, 1);
     }
 
     #[test]

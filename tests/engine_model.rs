@@ -30,6 +30,9 @@ const LIMITS: StoreLimits = StoreLimits {
     max_key_bytes: 8,
     default_ttl_secs: 3,
     max_ttl_secs: 5,
+    // Far above what 3 keys of 3 records of 70 bytes take: the model has no such caps.
+    max_records: 1_000,
+    max_bytes: 1 << 20,
 };
 const KEYS: u8 = 5;
 

@@ -55,6 +55,8 @@ fn new<'a>(env: Env<'a>, local_id: Binary<'a>, config: Term<'a>) -> NifResult<Te
         max_key_bytes: field(config, atoms::max_key_bytes())?,
         default_ttl_secs: field(config, atoms::default_ttl())?,
         max_ttl_secs: field(config, atoms::max_ttl())?,
+        max_records: field(config, atoms::max_records())?,
+        max_bytes: field(config, atoms::max_bytes())?,
     };
     let read_cache = field(config, atoms::read_cache())?;
     let node = ResourceArc::new(Node::new(

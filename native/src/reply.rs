@@ -8,7 +8,7 @@ pub mod atoms {
     rustler::atoms! {
         ok, error, not_found, closed, corrupt_record,
         k, replacements, max_keys, max_providers_per_key, max_record_bytes, max_key_bytes,
-        default_ttl, max_ttl, read_cache,
+        default_ttl, max_ttl, read_cache, max_records, max_bytes,
         invalid_key, invalid_provider, invalid_node_id, invalid_node_info, invalid_target,
         invalid_count, invalid_ttl, not_a_map, not_a_binary, malformed, missing_node_id,
         too_large, key_too_large, record_too_large, limit,
@@ -16,7 +16,7 @@ pub mod atoms {
         keys, records, bytes, expired, rejected, nodes, nif_allocated_bytes,
         peers, requests, bad_requests, tombstones, lookups, lookup_timeouts, lookup_p50_us,
         lookup_p99_us, lookup_failures, store_failures, remove_failures, handoff_failures,
-        server, network, max_bootstrap,
+        server, network, max_bootstrap, stale,
     }
 }
 
@@ -52,6 +52,11 @@ pub fn store_error<'a>(env: Env<'a>, e: &StoreError) -> Term<'a> {
         StoreError::TooManyProviders { max } => {
             error(env, (atoms::limit(), atoms::max_providers_per_key(), *max))
         }
+        StoreError::TooManyRecords { max } => {
+            error(env, (atoms::limit(), atoms::max_records(), *max))
+        }
+        StoreError::TooManyBytes { max } => error(env, (atoms::limit(), atoms::max_bytes(), *max)),
+        StoreError::Stale { seq, held } => error(env, (atoms::stale(), *seq, *held)),
         StoreError::InvalidProvider(p) => {
             error(env, (atoms::invalid_provider(), provider_reason(p)))
         }

@@ -7,7 +7,8 @@
 //!
 //! ```text
 //! entry:  [scheduled: u64][key_len: u16][key][record]*
-//! record: [expires_at: u64][term_len: u24][node_id_at: u24][node_id_len: u8][term]
+//! record: [expires_at: u64][term_len: u24][node_id_at: u24][node_id_len: u8][sealed: u8]
+//!         [seal: 108 bytes, when sealed][term]
 //! ```
 //!
 //! Integers are little-endian and read with `from_le_bytes` (no casts, no unsafe). `scheduled` is
@@ -16,10 +17,16 @@
 //! node_id" (a term starts with its map header, so a node id never starts at offset 0). Records
 //! are kept in the contract's order. A refresh with a term of the same length is rewritten in
 //! place; any other change rebuilds the allocation at its exact size.
+//!
+//! A record that came from the network carries its publisher's seal (publisher key, sequence,
+//! ttl, signature: `crate::seal`), kept so that it can be handed on untouched. A slot is
+//! (`node_id`, publisher): two publishers using one free-form `node_id` hold two records, and a
+//! local record without a seal is a slot of its own.
 
 use std::ops::Range;
 
 use crate::provider::ProviderRecord;
+use crate::seal::{Publisher, Seal, SEAL_LEN};
 
 /// Longest key the layout can hold.
 pub(super) const MAX_KEY: usize = u16::MAX as usize;
@@ -27,50 +34,50 @@ pub(super) const MAX_KEY: usize = u16::MAX as usize;
 pub(super) const MAX_TERM: usize = (1 << 24) - 1;
 
 const ENTRY_HEADER: usize = 8 + 2;
-const RECORD_HEADER: usize = 8 + 3 + 3 + 1;
+const RECORD_HEADER: usize = 8 + 3 + 3 + 1 + 1;
 
-/// A provider ready to be written: its encoded record header and its term.
+/// A provider ready to be written: its encoded record header, its seal and its term.
 pub(super) struct NewRecord<'a> {
     header: [u8; RECORD_HEADER],
+    seal: Option<[u8; SEAL_LEN]>,
     term: &'a [u8],
     node_id: Option<&'a [u8]>,
+    publisher: Option<Publisher>,
+    seq: u64,
     expires_at: u64,
 }
 
-/// A stored record, borrowed from its entry.
+/// A stored record, borrowed from the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Record<'a> {
+pub struct Record<'a> {
     /// When the record expires, in ms (the store's `now_ms` clock).
     pub expires_at: u64,
     /// The provider's term bytes, without version byte.
     pub term: &'a [u8],
     /// The `node_id` binary inside `term`, if the provider has one.
     pub node_id: Option<&'a [u8]>,
+    /// The publisher's seal, for a record from the network.
+    seal: Option<&'a [u8; SEAL_LEN]>,
 }
 
 /// What [`KeyEntry::upsert`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Upsert {
-    /// A record with the same `node_id` was replaced in place.
+    /// The record of the same slot was replaced in place.
     Replaced {
-        /// Term length of the record replaced, in bytes.
-        old_term_len: usize,
+        /// Stored length ([`Record::stored_len`]) of the record replaced, in bytes.
+        old_len: usize,
     },
     /// The record was added first.
     Inserted,
     /// The key already holds the maximum number of records; nothing changed.
     Full,
-}
-
-/// What [`KeyEntry::purge_expired`] removed, and when the key next needs a pass.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct Purged {
-    /// Records removed.
-    pub records: usize,
-    /// Term bytes of the records removed.
-    pub term_bytes: usize,
-    /// The earliest expiry left; `None` when the entry is now empty.
-    pub next_expiry: Option<u64>,
+    /// The slot holds a record of its publisher with a sequence at least as high; nothing
+    /// changed.
+    Stale {
+        /// The sequence held.
+        held: u64,
+    },
 }
 
 /// One key and its records; see the module documentation for the layout.
@@ -79,7 +86,11 @@ pub(super) struct KeyEntry(Box<[u8]>);
 
 impl<'a> NewRecord<'a> {
     /// `None` when the term is longer than [`MAX_TERM`].
-    pub fn new(provider: &ProviderRecord<'a>, expires_at: u64) -> Option<Self> {
+    pub fn new(
+        provider: &ProviderRecord<'a>,
+        expires_at: u64,
+        seal: Option<&Seal>,
+    ) -> Option<Self> {
         let term = provider.term();
         let (node_id_at, node_id_len) = match provider.node_id_range() {
             Some(range) => (u24(range.start)?, u8::try_from(range.len()).ok()?),
@@ -90,12 +101,31 @@ impl<'a> NewRecord<'a> {
         header[8..11].copy_from_slice(&u24(term.len())?);
         header[11..14].copy_from_slice(&node_id_at);
         header[14] = node_id_len;
+        header[15] = u8::from(seal.is_some());
         Some(NewRecord {
             header,
+            seal: seal.map(Seal::to_bytes),
             term,
             node_id: provider.node_id(),
+            publisher: seal.map(|s| s.publisher),
+            seq: seal.map_or(0, |s| s.seq),
             expires_at,
         })
+    }
+
+    /// Bytes it takes in the store's count: its term, and its seal if it has one.
+    pub fn stored_len(&self) -> usize {
+        self.term.len() + self.seal.map_or(0, |s| s.len())
+    }
+
+    /// Its publisher, for a sealed record.
+    pub fn publisher(&self) -> Option<&Publisher> {
+        self.publisher.as_ref()
+    }
+
+    /// Its `node_id`, if the provider has one.
+    pub fn node_id(&self) -> Option<&'a [u8]> {
+        self.node_id
     }
 
     /// When the record will expire, in ms.
@@ -103,30 +133,58 @@ impl<'a> NewRecord<'a> {
         self.expires_at
     }
 
-    /// Length of the term, in bytes without version byte.
-    pub fn term_len(&self) -> usize {
-        self.term.len()
-    }
-
     fn encoded_len(&self) -> usize {
-        RECORD_HEADER + self.term.len()
+        RECORD_HEADER + self.stored_len()
     }
 
     fn append_to(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.header);
+        if let Some(seal) = &self.seal {
+            out.extend_from_slice(seal);
+        }
         out.extend_from_slice(self.term);
     }
 
     /// Overwrites `dst` when it has exactly this record's encoded length.
     fn overwrite(&self, dst: &mut [u8]) -> bool {
-        match dst.split_at_mut_checked(RECORD_HEADER) {
-            Some((header, term)) if term.len() == self.term.len() => {
-                header.copy_from_slice(&self.header);
-                term.copy_from_slice(self.term);
-                true
-            }
-            _ => false,
+        if dst.len() != self.encoded_len() {
+            return false;
         }
+        let (header, rest) = dst.split_at_mut(RECORD_HEADER);
+        header.copy_from_slice(&self.header);
+        let term = match &self.seal {
+            Some(seal) => {
+                let (sealed, term) = rest.split_at_mut(SEAL_LEN);
+                sealed.copy_from_slice(seal);
+                term
+            }
+            None => rest,
+        };
+        term.copy_from_slice(self.term);
+        true
+    }
+
+    /// Whether `stored` is the record of this record's slot.
+    fn same_slot(&self, stored: &Record<'_>) -> bool {
+        self.node_id.is_some_and(|id| same_id(stored.node_id, id))
+            && stored.publisher() == self.publisher.as_ref()
+    }
+}
+
+impl<'a> Record<'a> {
+    /// The publisher's seal, for a record from the network.
+    pub fn seal(&self) -> Option<Seal> {
+        self.seal.map(Seal::from_bytes)
+    }
+
+    /// The publisher, for a sealed record.
+    pub fn publisher(&self) -> Option<&'a Publisher> {
+        self.seal.and_then(|s| s.first_chunk::<32>())
+    }
+
+    /// Bytes it takes in the store's count: its term, and its seal if it has one.
+    pub fn stored_len(&self) -> usize {
+        self.term.len() + self.seal.map_or(0, |s| s.len())
     }
 }
 
@@ -173,24 +231,26 @@ impl KeyEntry {
         self.slots().map(|slot| slot.record)
     }
 
-    /// A record with the same node_id is replaced in place (keeping its position); otherwise the
+    /// The record of the same slot (node_id and publisher) is replaced in place (keeping its
+    /// position), unless both are sealed and the stored sequence is not lower; otherwise the
     /// record goes first, unless the key already holds `max_records`.
     pub fn upsert(&mut self, record: &NewRecord, max_records: usize) -> Upsert {
         let mut count = 0;
         let mut same = None;
         for slot in self.slots() {
-            if record
-                .node_id
-                .is_some_and(|id| same_id(slot.record.node_id, id))
-            {
-                same = Some((slot.span, slot.record.term.len()));
+            if record.same_slot(&slot.record) {
+                let held = slot.record.seal().map(|s| s.seq);
+                same = Some((slot.span, slot.record.stored_len(), held));
                 break;
             }
             count += 1;
         }
-        if let Some((span, old_term_len)) = same {
+        if let Some((span, old_len, held)) = same {
+            if let Some(held) = held.filter(|held| *held >= record.seq) {
+                return Upsert::Stale { held };
+            }
             self.splice(span, Some(record));
-            return Upsert::Replaced { old_term_len };
+            return Upsert::Replaced { old_len };
         }
         if count >= max_records {
             return Upsert::Full;
@@ -200,39 +260,44 @@ impl KeyEntry {
         Upsert::Inserted
     }
 
-    /// Removes the record with that node_id; returns its term length.
-    pub fn remove(&mut self, node_id: &[u8]) -> Option<usize> {
-        let slot = self
-            .slots()
-            .find(|slot| same_id(slot.record.node_id, node_id))?;
-        let (span, term_len) = (slot.span, slot.record.term.len());
-        self.splice(span, None);
-        Some(term_len)
+    /// The record of the slot (`node_id`, `publisher`: `None` for the unsealed one).
+    pub fn slot(&self, node_id: &[u8], publisher: Option<&Publisher>) -> Option<Record<'_>> {
+        self.records()
+            .find(|r| same_id(r.node_id, node_id) && r.publisher() == publisher)
     }
 
-    /// Removes every record with `expires_at <= now`.
-    pub fn purge_expired(&mut self, now: u64) -> Purged {
-        let mut purged = Purged::default();
-        let mut live_len = self.records_start();
+    /// Removes the records `which` picks, telling `gone` about each; returns how many.
+    pub fn remove_where(
+        &mut self,
+        which: impl Fn(&Record<'_>) -> bool,
+        gone: &mut dyn FnMut(&Record<'_>),
+    ) -> usize {
+        let mut removed = 0;
+        let mut kept_len = self.records_start();
         for slot in self.slots() {
-            if slot.record.expires_at <= now {
-                purged.records += 1;
-                purged.term_bytes += slot.record.term.len();
+            if which(&slot.record) {
+                gone(&slot.record);
+                removed += 1;
             } else {
-                live_len += slot.span.len();
-                let next = purged.next_expiry.get_or_insert(slot.record.expires_at);
-                *next = (*next).min(slot.record.expires_at);
+                kept_len += slot.span.len();
             }
         }
-        if purged.records > 0 {
-            let mut buf = Vec::with_capacity(live_len);
+        if removed > 0 {
+            let mut buf = Vec::with_capacity(kept_len);
             buf.extend_from_slice(self.0.get(..self.records_start()).unwrap_or_default());
-            for slot in self.slots().filter(|slot| slot.record.expires_at > now) {
+            for slot in self.slots().filter(|slot| !which(&slot.record)) {
                 buf.extend_from_slice(self.0.get(slot.span).unwrap_or_default());
             }
             self.0 = buf.into_boxed_slice();
         }
-        purged
+        removed
+    }
+
+    /// Removes every record with `expires_at <= now`, telling `gone` about each; returns the
+    /// earliest expiry left (`None` when the entry is now empty).
+    pub fn purge_expired(&mut self, now: u64, gone: &mut dyn FnMut(&Record<'_>)) -> Option<u64> {
+        self.remove_where(|r| r.expires_at <= now, gone);
+        self.records().map(|r| r.expires_at).min()
     }
 
     fn records_start(&self) -> usize {
@@ -295,20 +360,29 @@ impl<'a> Iterator for Slots<'a> {
             .buf
             .get(start..)?
             .split_first_chunk::<RECORD_HEADER>()?;
-        let [e0, e1, e2, e3, e4, e5, e6, e7, l0, l1, l2, a0, a1, a2, node_id_len] = *header;
+        let [e0, e1, e2, e3, e4, e5, e6, e7, l0, l1, l2, a0, a1, a2, node_id_len, sealed] = *header;
+        let (seal, rest) = match sealed {
+            0 => (None, rest),
+            _ => {
+                let (seal, rest) = rest.split_first_chunk::<SEAL_LEN>()?;
+                (Some(seal), rest)
+            }
+        };
         let term = rest.get(..read_u24([l0, l1, l2]))?;
         let node_id = match read_u24([a0, a1, a2]) {
             0 => None,
             at => Some(term.get(at..at + usize::from(node_id_len))?),
         };
-        self.pos = start + RECORD_HEADER + term.len();
+        let record = Record {
+            expires_at: u64::from_le_bytes([e0, e1, e2, e3, e4, e5, e6, e7]),
+            term,
+            node_id,
+            seal,
+        };
+        self.pos = start + RECORD_HEADER + record.stored_len();
         Some(Slot {
             span: start..self.pos,
-            record: Record {
-                expires_at: u64::from_le_bytes([e0, e1, e2, e3, e4, e5, e6, e7]),
-                term,
-                node_id,
-            },
+            record,
         })
     }
 }
@@ -352,7 +426,7 @@ mod tests {
     }
 
     fn upsert(entry: &mut KeyEntry, etf: &[u8], expires_at: u64) -> Upsert {
-        entry.upsert(&NewRecord::new(&parse(etf), expires_at).unwrap(), 10)
+        entry.upsert(&NewRecord::new(&parse(etf), expires_at, None).unwrap(), 10)
     }
 
     fn ids(entry: &KeyEntry) -> Vec<(Vec<u8>, u64)> {
@@ -363,7 +437,7 @@ mod tests {
     }
 
     fn entry(key: &[u8], etf: &[u8], expires_at: u64) -> KeyEntry {
-        KeyEntry::new(key, &NewRecord::new(&parse(etf), expires_at).unwrap()).unwrap()
+        KeyEntry::new(key, &NewRecord::new(&parse(etf), expires_at, None).unwrap()).unwrap()
     }
 
     #[test]
@@ -389,13 +463,13 @@ mod tests {
         let ptr = e.0.as_ptr();
         assert_eq!(
             upsert(&mut e, &provider(b"b", 0), 40),
-            Upsert::Replaced { old_term_len: 30 }
+            Upsert::Replaced { old_len: 30 }
         );
         assert_eq!(e.0.as_ptr(), ptr);
         // Other length: rebuilt, position kept.
         assert_eq!(
             upsert(&mut e, &provider(b"a", 5), 50),
-            Upsert::Replaced { old_term_len: 30 }
+            Upsert::Replaced { old_len: 30 }
         );
         let expected: Vec<(Vec<u8>, u64)> = vec![
             (b"c".to_vec(), 30),
@@ -411,11 +485,27 @@ mod tests {
     fn full_entry_refuses_additions_only() {
         let (a, b) = (provider(b"a", 0), provider(b"b", 0));
         let (a, b) = (parse(&a), parse(&b));
-        let a = NewRecord::new(&a, 5).unwrap();
+        let a = NewRecord::new(&a, 5, None).unwrap();
         let mut e = KeyEntry::new(b"k", &a).unwrap();
-        assert_eq!(e.upsert(&a, 1), Upsert::Replaced { old_term_len: 30 });
-        assert_eq!(e.upsert(&NewRecord::new(&b, 5).unwrap(), 1), Upsert::Full);
+        assert_eq!(e.upsert(&a, 1), Upsert::Replaced { old_len: 30 });
+        assert_eq!(
+            e.upsert(&NewRecord::new(&b, 5, None).unwrap(), 1),
+            Upsert::Full
+        );
         assert_eq!(e.records().count(), 1);
+    }
+
+    /// Removes what `which` picks; returns the stored lengths of what went.
+    fn remove(e: &mut KeyEntry, which: impl Fn(&Record<'_>) -> bool) -> Vec<usize> {
+        let mut gone = Vec::new();
+        e.remove_where(which, &mut |r| gone.push(r.stored_len()));
+        gone
+    }
+
+    fn purge(e: &mut KeyEntry, now: u64) -> (Vec<usize>, Option<u64>) {
+        let mut gone = Vec::new();
+        let next = e.purge_expired(now, &mut |r| gone.push(r.stored_len()));
+        (gone, next)
     }
 
     #[test]
@@ -423,42 +513,73 @@ mod tests {
         let mut e = entry(b"k", &provider(b"a", 0), 10);
         upsert(&mut e, &provider(b"b", 1), 20);
         upsert(&mut e, &provider(b"c", 2), 30);
-        assert_eq!(e.remove(b"x"), None);
-        assert_eq!(e.remove(b"b"), Some(31));
-        assert_eq!(
-            e.purge_expired(9),
-            Purged {
-                records: 0,
-                term_bytes: 0,
-                next_expiry: Some(10)
-            }
-        );
-        assert_eq!(
-            e.purge_expired(10),
-            Purged {
-                records: 1,
-                term_bytes: 30,
-                next_expiry: Some(30)
-            }
-        );
+        assert_eq!(remove(&mut e, |r| r.node_id == Some(b"x")), vec![]);
+        assert_eq!(remove(&mut e, |r| r.node_id == Some(b"b")), vec![31]);
+        assert_eq!(purge(&mut e, 9), (vec![], Some(10)));
+        assert_eq!(purge(&mut e, 10), (vec![30], Some(30)));
         assert_eq!(ids(&e), vec![(b"c".to_vec(), 30)]);
         assert_eq!(e.key(), b"k");
+        assert_eq!(purge(&mut e, 30), (vec![32], None));
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn sealed_records_are_slots_of_their_publisher_and_only_grow() {
+        let k1 = crate::seal::Keypair::from_seed(&[1; 32]);
+        let k2 = crate::seal::Keypair::from_seed(&[2; 32]);
+        let a = provider(b"a", 0);
+        let term = &a[1..];
+        let (s1, s1_old, s2) = (
+            k1.seal(b"k", term, 5, 60),
+            k1.seal(b"k", term, 4, 60),
+            k2.seal(b"k", term, 1, 60),
+        );
+        let sealed = |s: &Seal| {
+            NewRecord::new(&parse(&a), 10, Some(s))
+                .unwrap()
+                .stored_len()
+        };
+        let mut e = entry(b"k", &a, 10);
+        let rec = |s| NewRecord::new(&parse(&a), 10, Some(s)).unwrap();
         assert_eq!(
-            e.purge_expired(30),
-            Purged {
-                records: 1,
-                term_bytes: 32,
-                next_expiry: None
+            e.upsert(&rec(&s1), 10),
+            Upsert::Inserted,
+            "unsealed and sealed: two slots"
+        );
+        assert_eq!(
+            e.upsert(&rec(&s2), 10),
+            Upsert::Inserted,
+            "two publishers: two slots"
+        );
+        assert_eq!(e.upsert(&rec(&s1_old), 10), Upsert::Stale { held: 5 });
+        assert_eq!(
+            e.upsert(&rec(&s1), 10),
+            Upsert::Stale { held: 5 },
+            "a replay"
+        );
+        let s1_new = k1.seal(b"k", term, 6, 60);
+        assert_eq!(
+            e.upsert(&rec(&s1_new), 10),
+            Upsert::Replaced {
+                old_len: sealed(&s1)
             }
         );
-        assert!(e.is_empty());
+        let held = e.slot(b"a", Some(k1.public())).unwrap();
+        assert_eq!(held.seal(), Some(s1_new));
+        assert_eq!(held.term, term);
+        assert!(e.slot(b"a", None).unwrap().seal().is_none());
+        assert_eq!(e.records().count(), 3);
+        assert_eq!(
+            e.records().map(|r| r.stored_len()).sum::<usize>(),
+            30 + 2 * (30 + SEAL_LEN)
+        );
     }
 
     #[test]
     fn records_without_node_id() {
         let anon = [131, 116, 0, 0, 0, 0];
         let p = ProviderRecord::parse(&anon).unwrap();
-        let r = NewRecord::new(&p, 7).unwrap();
+        let r = NewRecord::new(&p, 7, None).unwrap();
         let mut e = KeyEntry::new(b"k", &r).unwrap();
         assert_eq!(
             e.upsert(&r, 10),
@@ -468,7 +589,7 @@ mod tests {
         assert!(e
             .records()
             .all(|r| r.node_id.is_none() && r.term == &anon[1..]));
-        assert_eq!(e.remove(b""), None);
+        assert!(e.slot(b"", None).is_none());
     }
 
     #[test]
@@ -477,7 +598,7 @@ mod tests {
         assert_eq!(u24(MAX_TERM + 1), None);
         assert_eq!(read_u24([1, 2, 3]), 0x030201);
         let a = provider(b"a", 0);
-        let a = NewRecord::new(&parse(&a), 1).unwrap();
+        let a = NewRecord::new(&parse(&a), 1, None).unwrap();
         assert!(KeyEntry::new(&vec![0; MAX_KEY + 1], &a).is_none());
     }
 }
