@@ -129,6 +129,9 @@ pub struct Provider {
     pub advertised_at: Option<u64>,
     /// The whole record, term bytes without the version byte, exactly as stored.
     pub term: Vec<u8>,
+    /// The publisher whose seal the record carried, when it came from the network through a
+    /// lookup (`None` for a record read from a store or a term).
+    pub publisher: Option<crate::seal::Publisher>,
 }
 
 impl Provider {
@@ -143,6 +146,7 @@ impl Provider {
             ttl_secs: record.ttl_secs(),
             advertised_at: None,
             term: term.to_vec(),
+            publisher: None,
         };
         // `parse` above walked the whole map successfully, so these walks cannot fail; errors
         // are skipped all the same.

@@ -919,8 +919,13 @@ mod tests {
             Ok(Upserted::Inserted)
         );
         assert_eq!(
+            s.upsert_sealed(b"k", &p, &seal(&k1, 4), 0),
+            Err(StoreError::Stale { seq: 4, held: 5 })
+        );
+        assert_eq!(
             s.upsert_sealed(b"k", &p, &seal(&k1, 5), 0),
-            Err(StoreError::Stale { seq: 5, held: 5 })
+            Ok(Upserted::Replaced),
+            "the same record again"
         );
         assert_eq!(s.stats().rejected, 0, "a stale copy is no limit");
         assert_eq!(

@@ -99,6 +99,24 @@ pub(crate) fn put<'a>(
     key: Term<'a>,
     value: Term<'a>,
 ) -> Result<(Binary<'a>, rustler::OwnedBinary), Term<'a>> {
+    let (key, bytes) = provider_etf(env, node, key, value)?;
+    let now = node.now_ms();
+    match node.store.write(key.as_slice(), |store| {
+        store.upsert(key.as_slice(), bytes.as_slice(), now)
+    }) {
+        Ok(_) => Ok((key, bytes)),
+        Err(e) => Err(reply::store_error(env, &e)),
+    }
+}
+
+/// The key and the provider's ETF of a write, once the types are checked: `{error, Reason}`
+/// (or `closed`) otherwise.
+pub(crate) fn provider_etf<'a>(
+    env: Env<'a>,
+    node: &Node,
+    key: Term<'a>,
+    value: Term<'a>,
+) -> Result<(Binary<'a>, rustler::OwnedBinary), Term<'a>> {
     let Ok(key) = Binary::from_term(key) else {
         return Err(reply::invalid_key(env));
     };
@@ -111,14 +129,7 @@ pub(crate) fn put<'a>(
     if node.is_closed() {
         return Err(atoms::closed().encode(env));
     }
-    let bytes = value.to_binary();
-    let now = node.now_ms();
-    match node.store.write(key.as_slice(), |store| {
-        store.upsert(key.as_slice(), bytes.as_slice(), now)
-    }) {
-        Ok(_) => Ok((key, bytes)),
-        Err(e) => Err(reply::store_error(env, &e)),
-    }
+    Ok((key, value.to_binary()))
 }
 
 #[rustler::nif]

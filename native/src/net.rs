@@ -27,7 +27,9 @@ use macula_dht::etf;
 use macula_dht::settings::{self, Setting, SettingError};
 use macula_dht::wire::NodeInfo;
 use macula_dht_node::config::resolve_addr;
-use macula_dht_node::{DhtConfig, Event, Host, Identity, LookupKind, LookupSummary, NodeConfig};
+use macula_dht_node::{
+    DhtConfig, Event, Host, Identity, LookupKind, LookupSummary, NodeConfig, NodeError,
+};
 use rustler::env::{OwnedEnv, SavedTerm};
 use rustler::types::tuple::make_tuple;
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, Resource, ResourceArc, Term};
@@ -384,20 +386,32 @@ fn net_find_value<'a>(
     atoms::ok().encode(env)
 }
 
-/// `store_put`, then a STORE of the record to the `k` closest nodes in the background: the
-/// engine runs it to the end and counts STOREs that were not acknowledged; nobody waits for its
-/// outcome.
+/// Publishes the provider as this node: signed with its key and stored here at once, then a
+/// STORE to the `k` closest nodes in the background (the engine runs it to the end and counts
+/// STOREs that were not acknowledged; nobody waits for its outcome). A provider without a
+/// `node_id` cannot be a slot on other nodes: it is stored here only, as `store_put` does.
 #[rustler::nif]
 fn net_store<'a>(env: Env<'a>, node: &'a Node, key: Term<'a>, value: Term<'a>) -> Term<'a> {
-    let (key, bytes) = match crate::put(env, node, key, value) {
-        Ok(stored) => stored,
-        Err(reply) => return reply,
+    let stored_here = |key| match crate::put(env, node, key, value) {
+        Ok(_) => atoms::ok().encode(env),
+        Err(reply) => reply,
     };
     let Some(net) = node.net() else {
-        return atoms::ok().encode(env);
+        return stored_here(key);
     };
-    drop(net.node.replicate(key.as_slice(), bytes.as_slice()));
-    atoms::ok().encode(env)
+    let (bin, bytes) = match crate::provider_etf(env, node, key, value) {
+        Ok(provider) => provider,
+        Err(reply) => return reply,
+    };
+    match net.node.publish(bin.as_slice(), bytes.as_slice()) {
+        Ok(sending) => {
+            drop(sending);
+            atoms::ok().encode(env)
+        }
+        Err(NodeError::NoNodeId) => stored_here(key),
+        Err(NodeError::Store(e)) => reply::store_error(env, &e),
+        Err(_) => atoms::closed().encode(env),
+    }
 }
 
 /// The bound address `{Ip, Port}`, or `{error, not_networked}`.

@@ -19,9 +19,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use macula_dht::wire::{Request, Response};
+use macula_dht::seal::Keypair;
+use macula_dht::wire::{Request, Response, SealedRecord};
 use macula_dht_node::record::Advertisement;
-use macula_dht_node::{service_key, Endpoint, Identity, Node, NodeConfig, NodeId, Testnet};
+use macula_dht_node::{service_key, Endpoint, Identity, Node, NodeConfig, Testnet};
 
 mod support;
 use support::{client_endpoint, current_thread, percentile, udp_round_trips, ServerThread};
@@ -90,10 +91,15 @@ fn one_hop(rows: &mut Vec<Row>) {
                 metadata: BTreeMap::from([("zone".to_string(), "eu-west".to_string())]),
                 ttl_secs: 3600,
             };
-            let etf = ad.encode(&NodeId([i; 32]), 1_800_000_000);
+            // Each provider published by its own node, as the protocol requires.
+            let publisher = Keypair::from_seed(&[i; 32]);
+            let etf = ad.encode(&publisher.node_id(), 1_800_000_000);
             let store = Request::Store {
                 key: key.to_vec(),
-                value: etf[1..].to_vec(),
+                record: SealedRecord {
+                    seal: publisher.seal(&key, &etf[1..], 1, 3600),
+                    term: etf[1..].to_vec(),
+                },
             };
             client
                 .request(addr, None, store.encode())

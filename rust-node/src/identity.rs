@@ -178,6 +178,16 @@ impl Identity {
         &self.cert
     }
 
+    /// The key as the engine signs records with it: records this node publishes carry its
+    /// public key as their publisher.
+    pub fn keypair(&self) -> Result<macula_dht::seal::Keypair, IdentityError> {
+        macula_dht::seal::Keypair::from_pkcs8(&self.key_pkcs8).map_err(|e| {
+            IdentityError::InvalidKey {
+                reason: e.to_string(),
+            }
+        })
+    }
+
     /// The private key as rustls wants it.
     pub fn private_key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.clone()))

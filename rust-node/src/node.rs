@@ -81,6 +81,9 @@ pub enum NodeError {
     /// The local store refused the record.
     #[error("record refused: {0}")]
     Store(#[from] StoreError),
+    /// A record to publish has no `node_id` (it names the record's slot on other nodes).
+    #[error("a published provider needs a node_id")]
+    NoNodeId,
     /// The node is shut down.
     #[error("node is shut down")]
     Closed,
@@ -98,6 +101,7 @@ impl From<PublishError> for NodeError {
     fn from(e: PublishError) -> NodeError {
         match e {
             PublishError::Store(e) => NodeError::Store(e),
+            PublishError::NoNodeId => NodeError::NoNodeId,
         }
     }
 }
@@ -143,6 +147,33 @@ pub struct Status {
     /// Hand-offs to newcomers stopped by a failed STORE, or skipped with the queue full.
     #[serde(default)]
     pub handoff_failures: u64,
+    /// The protocol version this node speaks ([`macula_dht::wire::PROTOCOL_VERSION`]).
+    #[serde(default)]
+    pub protocol: u8,
+    /// Requests refused because the peer spoke another protocol version.
+    #[serde(default)]
+    pub refused_version: u64,
+    /// STOREs and REMOVEs refused: the signature did not verify.
+    #[serde(default)]
+    pub refused_forged: u64,
+    /// STOREs and REMOVEs refused: the provider's `node_id` is another node's id.
+    #[serde(default)]
+    pub refused_wrong_publisher: u64,
+    /// STOREs and REMOVEs refused: the sequence was not newer than the slot's.
+    #[serde(default)]
+    pub refused_stale: u64,
+    /// STOREs refused: the publisher had removed the slot since (a replay).
+    #[serde(default)]
+    pub refused_replay: u64,
+    /// STOREs refused: the publisher had its share of the store already.
+    #[serde(default)]
+    pub refused_quota: u64,
+    /// STOREs refused: the peer sent them too fast.
+    #[serde(default)]
+    pub refused_rate: u64,
+    /// Providers dropped from `find_value` replies: their seal did not verify.
+    #[serde(default)]
+    pub forged_in_replies: u64,
 }
 
 /// What a host embedding a node provides. `Default`: a store of its own and no events.
@@ -185,7 +216,8 @@ impl Node {
         let store = host
             .store
             .unwrap_or_else(|| Arc::new(SharedStore::new(config.store.clone())));
-        let (shared, tasks) = Shared::launch(identity.id(), config, endpoint, store, host.events)?;
+        let keypair = identity.keypair()?;
+        let (shared, tasks) = Shared::launch(keypair, config, endpoint, store, host.events)?;
         tracing::debug!(addr = %shared.endpoint().local_addr(), id = %id_hex(&identity.id()), "node started");
         Ok(Node { shared, tasks })
     }
@@ -193,6 +225,11 @@ impl Node {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.shared.id()
+    }
+
+    /// The key it publishes under: the publisher of the records it advertises.
+    pub fn publisher(&self) -> macula_dht::seal::Publisher {
+        self.shared.with_dht(|dht| *dht.publisher())
     }
 
     /// The address it listens on.
@@ -348,20 +385,22 @@ impl Node {
         lookup_report(outcome)
     }
 
-    /// Sends a record this node holds under `key` (versioned ETF) to the `k` closest nodes of
-    /// `key` (STORE). Nobody republishes it: the caller does, as Macula's advertisers do. From
-    /// the call on, [`Node::replicated`] knows the record, so a removal right after it still
-    /// goes to the network.
-    pub fn replicate(
+    /// Publishes a provider (versioned ETF) under `key` as this node: signed with the node's
+    /// key, stored here and sent to the `k` closest nodes of `key` (see [`Dht::publish`]).
+    /// Nobody republishes it: the caller does, as Macula's advertisers do. The local store is
+    /// written at once (refusals come back at once); the returned future sends the STOREs.
+    pub fn publish(
         &self,
         key: &[u8],
         etf: &[u8],
-    ) -> impl std::future::Future<Output = Result<Published, NodeError>> + Send + 'static {
-        let waiting = self.shared.begin(|dht, store, now| {
-            dht.replicate(store, key, etf, now)
-                .map_err(|e| NodeError::Store(e.into()))
-        });
-        async move { published(waiting?.await?) }
+    ) -> Result<
+        impl std::future::Future<Output = Result<Published, NodeError>> + Send + 'static,
+        NodeError,
+    > {
+        let waiting = self
+            .shared
+            .begin(|dht, store, now| Ok(dht.publish(store, key, etf, now)?))?;
+        Ok(async move { published(waiting.await?) })
     }
 
     /// Removes `node_id`'s provider under `key` here at once (leaving a tombstone); the returned

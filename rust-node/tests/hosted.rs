@@ -13,7 +13,7 @@ use std::time::Duration;
 use macula_dht::etf::Writer;
 use macula_dht::StoreLimits;
 use macula_dht_node::{Event, Host, Identity, LookupKind, Node, NodeConfig, SharedStore, Testnet};
-use support::{eventually, fast_config};
+use support::{eventually, fast_config, sealed_copies};
 
 const WITHIN: Duration = Duration::from_secs(5);
 
@@ -29,6 +29,15 @@ fn record(node_id: &[u8], endpoint: &str) -> Vec<u8> {
     w.binary(endpoint.as_bytes());
     w.atom("node_id");
     w.binary(node_id);
+    w.into_bytes()
+}
+
+/// `#{endpoint => <<"https://anon:1">>}` as versioned ETF.
+fn record_without_node_id() -> Vec<u8> {
+    let mut w = Writer::new();
+    w.map(1);
+    w.atom("endpoint");
+    w.binary(b"https://anon:1");
     w.into_bytes()
 }
 
@@ -133,14 +142,25 @@ async fn raw_records_are_replicated_and_removed_everywhere() {
     node.bootstrap(&[net.bootstrap_addr()]).await.unwrap();
     let key = b"any key, not a service hash".to_vec();
     let etf = record(b"provider-1", "https://p1:1");
-    let now = store.now_ms();
-    store.write(&key, |s| s.upsert(&key, &etf, now)).unwrap();
 
-    let published = node.replicate(&key, &etf).await.unwrap();
+    let published = node.publish(&key, &etf).unwrap().await.unwrap();
     assert_eq!((published.targets, published.acked), (4, 4));
+    assert_eq!(
+        store.read().providers(&key, store.now_ms()).count(),
+        1,
+        "held in the host's store"
+    );
     for peer in net.nodes() {
         assert_eq!(peer.local_providers(&key).len(), 1);
     }
+    let client = macula_dht_node::Endpoint::bind(
+        loopback(),
+        &Identity::generate().unwrap(),
+        macula_dht_node::TransportConfig::default(),
+    )
+    .unwrap();
+    let copy = sealed_copies(&client, net.node(2).unwrap().local_addr(), &key).await;
+    assert_eq!(copy[0].seal.publisher, node.publisher());
 
     // Removal is immediate here, before the returned future runs.
     let sending = node.remove(&key, b"provider-1");
@@ -151,9 +171,21 @@ async fn raw_records_are_replicated_and_removed_everywhere() {
         assert!(peer.local_providers(&key).is_empty());
     }
     // A late copy of the removed record is kept out by the replicas' tombstones.
-    let late = net.node(1).unwrap();
-    late.replicate(&key, &etf).await.unwrap();
+    let late = macula_dht::wire::Request::Store {
+        key: key.clone(),
+        record: copy[0].clone(),
+    };
+    client
+        .request(net.node(2).unwrap().local_addr(), None, late.encode())
+        .await
+        .unwrap();
     assert!(net.node(2).unwrap().local_providers(&key).is_empty());
+    // A record without a node_id names no slot: it is not published.
+    assert!(matches!(
+        node.publish(&key, &record_without_node_id()),
+        Err(macula_dht_node::NodeError::NoNodeId)
+    ));
+    client.close().await;
     node.shutdown().await;
     net.shutdown().await;
 }
@@ -212,14 +244,15 @@ async fn holding_fewer_providers_than_wanted_asks_the_network() {
     // The farthest publishes its own record and keeps it; a second provider's STORE goes to
     // the key's 2 closest only.
     let own = record(&farthest.id().0, "https://far:1");
-    let sending = farthest.replicate(&key, &own);
+    let sending = farthest.publish(&key, &own).unwrap();
     assert!(
         farthest.replicated(&key, &farthest.id().0),
         "known from the call on"
     );
     sending.await.unwrap();
     nearest
-        .replicate(&key, &record(b"other", "https://other:1"))
+        .publish(&key, &record(b"other", "https://other:1"))
+        .unwrap()
         .await
         .unwrap();
     let endpoints = |found: Vec<macula_dht_node::Provider>| {

@@ -121,21 +121,30 @@ async fn unknown_types_and_versions_get_their_own_errors() {
     let client = raw_client();
     let addr = node.local_addr();
     assert_eq!(
-        send(&client, addr, message("ping", 1)).await,
+        send(&client, addr, message("ping", 2)).await,
         Response::Pong
     );
     assert_eq!(
-        send(&client, addr, message("frobnicate", 1)).await,
+        send(&client, addr, message("frobnicate", 2)).await,
         error(ErrorReason::UnknownMessage)
     );
-    assert_eq!(
-        send(&client, addr, message("ping", 2)).await,
-        error(ErrorReason::UnsupportedVersion)
-    );
+    // A peer still speaking version 1 is refused, not read as version 2, and counted.
+    for version in [1, 3] {
+        assert_eq!(
+            send(&client, addr, message("ping", version)).await,
+            error(ErrorReason::UnsupportedVersion)
+        );
+    }
+    assert_eq!(node.status().refused_version, 2);
+    assert_eq!(node.status().protocol, 2);
     // A STORE whose value is not a provider map.
+    let keypair = macula_dht::seal::Keypair::from_seed(&[3; 32]);
     let store = Request::Store {
         key: vec![7; 32],
-        value: vec![97, 1],
+        record: macula_dht::wire::SealedRecord {
+            term: vec![97, 1],
+            seal: keypair.seal(&[7; 32], &[97, 1], 1, 60),
+        },
     };
     let reply = send(&client, addr, store.encode()).await;
     assert!(matches!(reply, Response::Error { .. }), "{reply:?}");

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use macula_dht::wire::{Request, Response};
+use macula_dht::wire::{ErrorReason, Request, Response};
 use macula_dht_node::{service_key, Endpoint, Identity, Node, Testnet, TransportConfig};
-use support::{eventually, fast_config};
+use support::{eventually, fast_config, sealed_copies};
 
 const NODES: usize = 10;
 
@@ -135,7 +135,14 @@ async fn withdrawal_reaches_every_replica_and_late_copies_stay_out() {
         .await
         .unwrap();
     let key = service_key("gone");
-    let old_copy = net.nodes()[5].local_providers(&key)[0].term.clone();
+    let stranger = Endpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &Identity::generate().unwrap(),
+        TransportConfig::default(),
+    )
+    .unwrap();
+    let old_copy = sealed_copies(&stranger, net.nodes()[5].local_addr(), &key).await;
+    assert_eq!(old_copy.len(), 1);
     let withdrawn = owner.withdraw("gone").await.unwrap();
     assert_eq!(withdrawn.acked, NODES - 1);
     // The bound: once `withdraw` has returned, every replica it reached has dropped the record.
@@ -150,26 +157,27 @@ async fn withdrawal_reaches_every_replica_and_late_copies_stay_out() {
         );
     }
     assert!(owner.status().adverts.is_empty());
-    // A late STORE of the old copy (a hand-off that crossed the REMOVE) does not resurrect it.
-    let stranger = Endpoint::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        &Identity::generate().unwrap(),
-        TransportConfig::default(),
-    )
-    .unwrap();
+    // A late STORE of the old copy (a hand-off that crossed the REMOVE, or a replay) does not
+    // resurrect it.
     let late = Request::Store {
         key: key.to_vec(),
-        value: old_copy,
+        record: old_copy[0].clone(),
     };
     let (_, reply) = stranger
         .request(net.nodes()[5].local_addr(), None, late.encode())
         .await
         .unwrap();
-    assert_eq!(Response::decode(&reply).unwrap(), Response::Stored);
+    assert_eq!(
+        Response::decode(&reply).unwrap(),
+        Response::Error {
+            reason: ErrorReason::Removed
+        }
+    );
     assert!(
         local_endpoints(&net.nodes()[5], "gone").is_empty(),
         "tombstone kept it out"
     );
+    assert_eq!(net.nodes()[5].status().refused_replay, 1);
     // Advertising again right away is a newer record and goes through everywhere.
     owner
         .advertise("gone", "https://back:1", meta(), 300)

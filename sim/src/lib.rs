@@ -36,6 +36,7 @@ use std::time::Duration;
 use macula_dht::dht::{Action, Event, Outcome, Reply, Started};
 use macula_dht::record::{service_key, Advertisement, Provider};
 use macula_dht::wire::{NodeInfo, Request, Response};
+use macula_dht::seal::Keypair;
 use macula_dht::{Dht, DhtConfig, NodeId, OpId, ProviderStore, RpcId, StoreLimits, Time};
 
 pub use link::Links;
@@ -241,17 +242,26 @@ impl Network {
         &mut self.rng
     }
 
-    /// Adds a node with a random id; it knows no one yet. Returns its index.
+    /// Adds a node with a random key; it knows no one yet. Returns its index.
     pub fn add_node(&mut self) -> usize {
-        let id = self.rng.id();
-        self.add_node_with_id(id)
+        let keypair = self.keypair();
+        self.add_node_with_key(keypair)
     }
 
-    /// Adds a node with id `id`. Returns its index.
-    pub fn add_node_with_id(&mut self, id: NodeId) -> usize {
+    /// A new key from the network's random source (its id is SHA-256 of its public key).
+    pub fn keypair(&mut self) -> Keypair {
+        let mut seed = [0u8; 32];
+        for chunk in seed.chunks_exact_mut(8) {
+            chunk.copy_from_slice(&self.rng.next_u64().to_le_bytes());
+        }
+        Keypair::from_seed(&seed)
+    }
+
+    /// Adds a node with the key `keypair`. Returns its index.
+    pub fn add_node_with_key(&mut self, keypair: Keypair) -> usize {
         let seed = self.rng.next_u64();
         let dht = Dht::new(
-            id,
+            keypair,
             self.config.dht.clone(),
             self.now,
             UNIX_ORIGIN_US + self.now.as_micros(),

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use macula_dht::dht::{Outcome, Started};
 use macula_dht::record::service_key;
-use macula_dht::wire::Request;
+use macula_dht::seal::Keypair;
+use macula_dht::wire::{Request, SealedRecord};
 use macula_dht::{DhtConfig, NodeId};
 use macula_dht_sim::{addr_of, Links, Network, SimConfig};
 
@@ -38,8 +39,8 @@ fn network(config: SimConfig, n: usize) -> (Network, Vec<usize>) {
     (net, nodes)
 }
 
-/// A node id closer to `key` than every node of `than`.
-fn closer_id(net: &mut Network, key: &[u8], than: &[usize]) -> NodeId {
+/// A key whose node id is closer to `key` than every node of `than`.
+fn closer_key(net: &mut Network, key: &[u8], than: &[usize]) -> Keypair {
     let target = NodeId::normalize(key);
     let farthest = than
         .iter()
@@ -47,9 +48,9 @@ fn closer_id(net: &mut Network, key: &[u8], than: &[usize]) -> NodeId {
         .max()
         .expect("some nodes to beat");
     loop {
-        let id = net.rng().id();
-        if id.distance(&target) < farthest {
-            return id;
+        let keypair = net.keypair();
+        if keypair.node_id().distance(&target) < farthest {
+            return keypair;
         }
     }
 }
@@ -87,8 +88,8 @@ fn replicated(k: usize, n: usize, service: &str) -> Replicated {
 
 /// A node closer to the record's key than every replica, joined through `via`.
 fn closer_newcomer(r: &mut Replicated, via: usize) -> usize {
-    let id = closer_id(&mut r.net, &r.key, &r.holders);
-    let newcomer = r.net.add_node_with_id(id);
+    let keypair = closer_key(&mut r.net, &r.key, &r.holders);
+    let newcomer = r.net.add_node_with_key(keypair);
     r.net.join(newcomer, &[via]);
     r.net.run_for(5 * SECOND);
     newcomer
@@ -158,16 +159,16 @@ fn a_removal_follows_the_copies_a_replica_handed_off() {
         holders,
     } = r;
 
-    // REMOVE reaches the holders only (from a node that is not the publisher); they pass it on.
-    let remove = Request::Remove {
-        key: key.to_vec(),
-        node_id: net.node(publisher).id().0.to_vec(),
-    };
-    for &holder in &holders {
-        net.inject(nodes[5], holder, remove.clone());
+    // The publisher's REMOVE reaches the holders only (it is cut off from every other node);
+    // they pass it on to the copy they handed off.
+    for i in nodes.iter().copied().chain([newcomer]) {
+        if !holders.contains(&i) && i != publisher {
+            net.cut(publisher, i);
+        }
     }
+    net.withdraw(publisher, "handed");
     net.run_for(5 * SECOND);
-    assert_eq!(without(net.holders(&key), publisher), Vec::<usize>::new());
+    assert_eq!(net.holders(&key), Vec::<usize>::new());
 }
 
 #[test]
@@ -184,10 +185,14 @@ fn a_late_copy_of_a_removed_record_stays_out_and_a_newer_one_goes_in() {
     let old = net
         .node(holder)
         .store
-        .providers(&key, now_ms)
-        .next()
-        .expect("the holder's copy")
-        .to_vec();
+        .records(&key, now_ms)
+        .find_map(|r| {
+            r.seal().map(|seal| SealedRecord {
+                term: r.term.to_vec(),
+                seal,
+            })
+        })
+        .expect("the holder's sealed copy");
 
     net.withdraw(publisher, "late");
     net.run_for(5 * SECOND);
@@ -195,11 +200,12 @@ fn a_late_copy_of_a_removed_record_stays_out_and_a_newer_one_goes_in() {
     // The STORE of the old record, replayed: the tombstone keeps it out.
     let store = Request::Store {
         key: key.to_vec(),
-        value: old,
+        record: old,
     };
     net.inject(nodes[7], holder, store);
     net.run_for(SECOND);
     assert!(!net.holders(&key).contains(&holder));
+    assert_eq!(net.node(holder).dht.status().stats.refused_replay, 1);
     // A new advertisement is dated after the removal and goes through.
     net.publish_once(publisher, "late", "https://p:2", 3_600);
     net.run_for(5 * SECOND);

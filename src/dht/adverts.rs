@@ -32,9 +32,6 @@ pub(crate) struct Slot {
     pub advert: Option<Advertisement>,
     /// When it is published again.
     pub next_at: Time,
-    /// Unix seconds of the last withdrawal: a new advertisement is dated after it, so replicas'
-    /// tombstones let it through.
-    pub withdrawn_at: u64,
     /// The command running now.
     pub running: Option<OpId>,
     /// Commands waiting for it, in arrival order.

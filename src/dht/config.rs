@@ -58,6 +58,14 @@ pub struct DhtConfig {
     pub handoff_queue: usize,
     /// Keys examined per newcomer for a hand-off.
     pub max_handoff_keys: usize,
+    /// Percent of the store's `max_records` and `max_bytes` that one publisher (other than this
+    /// node) may take ([`settings::PUBLISHER_SHARE_PCT`]).
+    pub publisher_share_pct: usize,
+    /// STOREs per second one peer may send, with a burst of five seconds' worth
+    /// ([`settings::PEER_STORES_PER_S`]).
+    pub peer_stores_per_s: usize,
+    /// Seals remembered as verified, so that a record seen again is not checked again.
+    pub verified_cache: usize,
 }
 
 impl Default for DhtConfig {
@@ -84,6 +92,9 @@ impl Default for DhtConfig {
             max_verifying: 64,
             handoff_queue: 64,
             max_handoff_keys: 10_000,
+            publisher_share_pct: settings::PUBLISHER_SHARE_PCT.default_usize(),
+            peer_stores_per_s: settings::PEER_STORES_PER_S.default_usize(),
+            verified_cache: 8_192,
         }
     }
 }
@@ -94,6 +105,8 @@ impl DhtConfig {
         settings::K.check_usize(self.k)?;
         settings::ALPHA.check_usize(self.alpha)?;
         settings::REPLACEMENTS.check_usize(self.replacements)?;
+        settings::PUBLISHER_SHARE_PCT.check_usize(self.publisher_share_pct)?;
+        settings::PEER_STORES_PER_S.check_usize(self.peer_stores_per_s)?;
         check_ms(settings::REQUEST_TIMEOUT_MS, self.request_timeout)?;
         check_ms(settings::LOOKUP_TIMEOUT_MS, self.lookup_timeout)?;
         let positive = [

@@ -11,10 +11,11 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::seal::Publisher;
 use crate::wire::NodeInfo;
 
-/// (key, provider `node_id`).
-type RecordId = (Vec<u8>, Vec<u8>);
+/// (key, publisher, provider `node_id`): a slot.
+type RecordId = (Vec<u8>, Publisher, Vec<u8>);
 
 #[derive(Debug)]
 pub(crate) struct Copies {
@@ -36,8 +37,14 @@ impl Copies {
     }
 
     /// Notes that `nodes` took a copy of the record; the most recent `max_nodes` are kept.
-    pub(crate) fn add(&mut self, key: &[u8], node_id: &[u8], nodes: &[NodeInfo]) {
-        let id = (key.to_vec(), node_id.to_vec());
+    pub(crate) fn add(
+        &mut self,
+        key: &[u8],
+        publisher: &Publisher,
+        node_id: &[u8],
+        nodes: &[NodeInfo],
+    ) {
+        let id = (key.to_vec(), *publisher, node_id.to_vec());
         if !self.records.contains_key(&id) {
             while self.records.len() >= self.max_records {
                 let Some(oldest) = self.order.pop_front() else {
@@ -56,13 +63,19 @@ impl Copies {
         held.drain(..excess);
     }
 
-    pub(crate) fn contains(&self, key: &[u8], node_id: &[u8]) -> bool {
-        self.records.contains_key(&(key.to_vec(), node_id.to_vec()))
+    pub(crate) fn contains(&self, key: &[u8], publisher: &Publisher, node_id: &[u8]) -> bool {
+        self.records
+            .contains_key(&(key.to_vec(), *publisher, node_id.to_vec()))
     }
 
     /// Forgets the record and returns the nodes that took a copy.
-    pub(crate) fn take(&mut self, key: &[u8], node_id: &[u8]) -> Vec<NodeInfo> {
-        let id = (key.to_vec(), node_id.to_vec());
+    pub(crate) fn take(
+        &mut self,
+        key: &[u8],
+        publisher: &Publisher,
+        node_id: &[u8],
+    ) -> Vec<NodeInfo> {
+        let id = (key.to_vec(), *publisher, node_id.to_vec());
         let held = self.records.remove(&id).unwrap_or_default();
         if !held.is_empty() {
             self.order.retain(|r| *r != id);
@@ -74,6 +87,8 @@ impl Copies {
 #[cfg(test)]
 mod tests {
     use crate::NodeId;
+
+    const P: Publisher = [9; 32];
 
     use super::*;
 
@@ -87,21 +102,25 @@ mod tests {
     #[test]
     fn copies_are_remembered_per_record_within_bounds() {
         let mut copies = Copies::new(2, 3);
-        copies.add(b"k", b"p", &[node(1), node(2)]);
-        copies.add(b"k", b"p", &[node(2), node(3), node(4)]);
-        assert!(copies.contains(b"k", b"p"));
-        let ids: Vec<u8> = copies.take(b"k", b"p").iter().map(|n| n.id.0[0]).collect();
+        copies.add(b"k", &P, b"p", &[node(1), node(2)]);
+        copies.add(b"k", &P, b"p", &[node(2), node(3), node(4)]);
+        assert!(copies.contains(b"k", &P, b"p"));
+        let ids: Vec<u8> = copies
+            .take(b"k", &P, b"p")
+            .iter()
+            .map(|n| n.id.0[0])
+            .collect();
         assert_eq!(ids, [2, 3, 4], "the most recent three, each once");
-        assert!(!copies.contains(b"k", b"p"));
-        assert!(copies.take(b"k", b"p").is_empty());
+        assert!(!copies.contains(b"k", &P, b"p"));
+        assert!(copies.take(b"k", &P, b"p").is_empty());
 
-        copies.add(b"a", b"p", &[node(1)]);
-        copies.add(b"b", b"p", &[node(1)]);
-        copies.add(b"c", b"p", &[node(1)]);
+        copies.add(b"a", &P, b"p", &[node(1)]);
+        copies.add(b"b", &P, b"p", &[node(1)]);
+        copies.add(b"c", &P, b"p", &[node(1)]);
         assert!(
-            !copies.contains(b"a", b"p"),
+            !copies.contains(b"a", &P, b"p"),
             "the oldest record is forgotten"
         );
-        assert!(copies.contains(b"b", b"p") && copies.contains(b"c", b"p"));
+        assert!(copies.contains(b"b", &P, b"p") && copies.contains(b"c", &P, b"p"));
     }
 }

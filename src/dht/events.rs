@@ -4,8 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use super::Published;
-use crate::store::StoreError;
+use super::{PublishError, Published};
 use crate::time::micros;
 use crate::wire::NodeInfo;
 use crate::NodeId;
@@ -52,8 +51,8 @@ pub enum Trouble {
     RepublishFailed {
         /// The service's name.
         service: String,
-        /// Why the store refused it.
-        error: StoreError,
+        /// Why it was refused.
+        error: PublishError,
     },
     /// The table ran empty and none of the bootstrap nodes answered.
     RejoinFailed {

@@ -16,9 +16,11 @@ use super::{
 };
 use crate::lookup::{Lookup, LookupConfig};
 use crate::provider::ProviderRecord;
-use crate::record::{hex, service_key, versioned, Provider};
+use crate::record::{hex, service_key, Provider};
+use crate::seal::{Seal, SEAL_LEN};
+use crate::store::StoreError;
 use crate::time::Time;
-use crate::wire::{NodeInfo, Request, Response};
+use crate::wire::{NodeInfo, Request, Response, SealedRecord};
 use crate::NodeId;
 
 /// A running command.
@@ -118,26 +120,36 @@ pub(crate) struct Contact {
 /// The live providers held under `key`, read out.
 pub(crate) fn held_providers<S: StoreAccess>(store: &S, key: &[u8], now: Time) -> Vec<Provider> {
     store.read(|s| {
-        s.providers(key, now.as_millis())
-            .filter_map(|term| Provider::parse(term).ok())
+        s.records(key, now.as_millis())
+            .filter_map(|r| {
+                let mut provider = Provider::parse(r.term).ok()?;
+                provider.publisher = r.seal().map(|seal| seal.publisher);
+                Some(provider)
+            })
             .collect()
     })
 }
 
-/// What makes two provider records the same provider: the `node_id`, else the whole record.
-fn provider_identity(term: &[u8]) -> Vec<u8> {
-    let etf = versioned(term);
-    match ProviderRecord::parse(&etf).ok().and_then(|r| r.node_id()) {
-        Some(id) => id.to_vec(),
-        None => term.to_vec(),
-    }
+/// A verified provider as the lookup state machine carries it: seal bytes, then the term.
+fn pack(record: &SealedRecord) -> Vec<u8> {
+    [&record.seal.to_bytes()[..], &record.term].concat()
 }
 
+/// The provider [`pack`] packed, read out with its publisher.
+fn unpack(packed: &[u8]) -> Option<Provider> {
+    let (seal, term) = packed.split_first_chunk::<SEAL_LEN>()?;
+    let mut provider = Provider::parse(term).ok()?;
+    provider.publisher = Some(Seal::from_bytes(seal).publisher);
+    Some(provider)
+}
+
+/// Whether two providers are one: the same slot (`node_id` and publisher), or for records
+/// without a `node_id` the same bytes.
 fn same_provider(a: &Provider, b: &Provider) -> bool {
     if a.node_id.is_empty() || b.node_id.is_empty() {
         a.term == b.term
     } else {
-        a.node_id == b.node_id
+        a.node_id == b.node_id && a.publisher == b.publisher
     }
 }
 
@@ -515,10 +527,23 @@ impl<S: StoreAccess> Cx<'_, S> {
                     .on_response(&peer, contacts(nodes), std::iter::empty());
             }
             Ok((_, Response::Value { providers, nodes })) => {
-                if state.first_provider.is_none() && !providers.is_empty() {
+                let key = match &*state.request {
+                    Request::FindValue { key } => key.clone(),
+                    _ => Vec::new(),
+                };
+                let mut found = Vec::with_capacity(providers.len());
+                for record in providers {
+                    match self.dht.verify(&key, &record) {
+                        Some(identity) => found.push((identity, pack(&record))),
+                        None => self.dht.stats.forged_in_replies += 1,
+                    }
+                }
+                let Some(state) = self.lookup_mut(op) else {
+                    return;
+                };
+                if state.first_provider.is_none() && !found.is_empty() {
                     state.first_provider = Some(now);
                 }
-                let found = providers.into_iter().map(|p| (provider_identity(&p), p));
                 state.lookup.on_response(&peer, contacts(nodes), found);
             }
             Ok(_) | Err(_) => state.lookup.on_failure(&peer),
@@ -555,7 +580,7 @@ impl<S: StoreAccess> Cx<'_, S> {
             providers: outcome
                 .providers
                 .iter()
-                .filter_map(|p| Provider::parse(&p.record).ok())
+                .filter_map(|p| unpack(&p.record))
                 .collect(),
             closest: outcome
                 .closest
@@ -635,73 +660,79 @@ impl<S: StoreAccess> Cx<'_, S> {
 
     // ---- replication and removal -----------------------------------------------------------
 
-    /// Replicates the STORE `request` of a record held under `key` to the `k` closest nodes.
-    /// Starts at once: the provider's tombstone here goes (this is a newer record) and the
-    /// record is noted among the published ones, so a removal right after still goes to the
-    /// network.
-    pub(super) fn replicate(
+    /// Publishes a provider (versioned ETF) under `key` as this node: seals it with the next
+    /// sequence (ttl: the record's own, else the store's default), stores it here, then sends it
+    /// to the `k` closest nodes. The record is noted among the published ones at once, so a
+    /// removal right after still goes to the network. Refused without a change when it has no
+    /// `node_id` or the store refuses it.
+    pub(super) fn publish_record(
         &mut self,
         op: OpId,
         key: &[u8],
-        request: Request,
-        node_id: Option<Vec<u8>>,
-        origin: Origin,
-    ) {
-        self.replicate_for(op, key, request, node_id, None, origin);
-    }
-
-    fn replicate_for(
-        &mut self,
-        op: OpId,
-        key: &[u8],
-        request: Request,
-        node_id: Option<Vec<u8>>,
+        etf: &[u8],
         service: Option<String>,
         origin: Origin,
-    ) {
-        if let Some(node_id) = &node_id {
-            self.dht.tombstones.clear(key, node_id);
-            self.dht.published.add(key, node_id, &[]);
-        }
+    ) -> Result<(), PublishError> {
+        let provider = ProviderRecord::parse(etf).map_err(StoreError::from)?;
+        let node_id = provider.node_id().ok_or(PublishError::NoNodeId)?.to_vec();
+        let default_ttl = self.store.read(|s| s.limits().default_ttl_secs);
+        let ttl = provider.ttl_secs().unwrap_or(default_ttl);
+        let seq = self.next_seq();
+        let seal = self.dht.keypair.seal(key, provider.term(), seq, ttl);
+        let now_ms = self.now_ms();
+        // The sealed record supersedes a local, unsealed one of the same provider.
+        self.store.write(key, |s| {
+            s.upsert_sealed(key, etf, &seal, now_ms)?;
+            s.remove_slot(key, &node_id, None);
+            Ok::<_, StoreError>(())
+        })?;
+        let own = seal.publisher;
+        self.dht.tombstones.clear(key, &own, &node_id);
+        self.dht.published.add(key, &own, &node_id, &[]);
+        let record = SealedRecord {
+            term: provider.term().to_vec(),
+            seal,
+        };
         let replication = Replication {
             key: key.to_vec(),
-            request: Arc::new(request),
+            request: Arc::new(Request::Store {
+                key: key.to_vec(),
+                record,
+            }),
             also: Vec::new(),
-            note: node_id,
+            note: Some(node_id),
             service,
             origin,
         };
         self.spread(op, replication);
+        Ok(())
     }
 
-    /// Removes `node_id`'s provider under `key` here at once, leaving a tombstone, then sends
-    /// REMOVE to the `k` closest nodes and to every node this node gave a copy.
+    /// Removes `node_id`'s provider under `key` here at once (every record of it held here, and
+    /// a tombstone on this node's slot), then sends this node's signed REMOVE to the `k` closest
+    /// nodes and to every node this node gave a copy.
     pub(super) fn remove_everywhere(
         &mut self,
         op: OpId,
         key: &[u8],
         node_id: &[u8],
-        origin: Origin,
-    ) {
-        self.remove_for(op, key, node_id, None, origin);
-    }
-
-    fn remove_for(
-        &mut self,
-        op: OpId,
-        key: &[u8],
-        node_id: &[u8],
         service: Option<String>,
         origin: Origin,
     ) {
-        self.remove_with_tombstone(key, node_id);
-        let mut also = self.dht.published.take(key, node_id);
-        also.extend(self.dht.handed_off.take(key, node_id));
+        let seq = self.next_seq();
+        let removal = self.dht.keypair.removal(key, node_id, seq);
+        let until = self.tombstone_end(key, node_id, &removal.publisher);
+        self.store.write(key, |s| s.remove(key, node_id));
+        self.dht.tombstones.insert(key, node_id, &removal, until);
+        let own = removal.publisher;
+        let mut also = self.dht.published.take(key, &own, node_id);
+        also.extend(self.dht.handed_off.take(key, &own, node_id));
         let replication = Replication {
             key: key.to_vec(),
             request: Arc::new(Request::Remove {
                 key: key.to_vec(),
                 node_id: node_id.to_vec(),
+                removal,
             }),
             also,
             note: None,
@@ -790,9 +821,10 @@ impl<S: StoreAccess> Cx<'_, S> {
         };
         let replication = fanout.replication;
         if let Some(node_id) = &replication.note {
+            let own = *self.dht.keypair.public();
             self.dht
                 .published
-                .add(&replication.key, node_id, &fanout.acked);
+                .add(&replication.key, &own, node_id, &fanout.acked);
         }
         let outcome = Published {
             key: hex(&replication.key),
@@ -837,19 +869,17 @@ impl<S: StoreAccess> Cx<'_, S> {
         };
         slot.running = Some(op);
         let key = service_key(service);
+        let own = self.dht.id.0;
         match command {
             Command::Publish { ad, refresh } => {
                 slot.next_at = now + interval(ad.ttl_secs);
                 slot.advert = refresh.then(|| ad.clone());
-                // Dated after the last withdrawal, so replicas' tombstones let it through.
-                let advertised_at = unix.max(slot.withdrawn_at.saturating_add(1));
-                let etf = ad.encode(&self.dht.id, advertised_at);
-                let now_ms = self.now_ms();
-                if let Err(e) = self.store.write(&key, |s| s.upsert(&key, &etf, now_ms)) {
+                let etf = ad.encode(&self.dht.id, unix);
+                let published =
+                    self.publish_record(op, &key, &etf, Some(service.to_string()), origin.clone());
+                if let Err(e) = published {
                     match origin {
-                        Origin::Caller => {
-                            self.done(op, Outcome::Published(Err(PublishError::Store(e))))
-                        }
+                        Origin::Caller => self.done(op, Outcome::Published(Err(e))),
                         Origin::Republish => {
                             self.dht.stats.republish_failures += 1;
                             self.emit(Event::Trouble(Trouble::RepublishFailed {
@@ -859,27 +889,11 @@ impl<S: StoreAccess> Cx<'_, S> {
                         }
                     }
                     self.next_command(service);
-                    return;
                 }
-                let request = Request::Store {
-                    key: key.to_vec(),
-                    value: etf[1..].to_vec(),
-                };
-                let own = self.dht.id.0.to_vec();
-                self.replicate_for(
-                    op,
-                    &key,
-                    request,
-                    Some(own),
-                    Some(service.to_string()),
-                    origin,
-                );
             }
             Command::Withdraw => {
                 slot.advert = None;
-                slot.withdrawn_at = unix;
-                let own = self.dht.id.0;
-                self.remove_for(op, &key, &own, Some(service.to_string()), origin);
+                self.remove_everywhere(op, &key, &own, Some(service.to_string()), origin);
             }
         }
     }

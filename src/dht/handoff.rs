@@ -16,9 +16,10 @@ use std::sync::Arc;
 
 use super::ops::Purpose;
 use super::{Cx, Event, Failure, StoreAccess, Trouble};
-use crate::record::{advertised_at, Provider};
+use crate::record::Provider;
+use crate::seal::Seal;
 use crate::time::Time;
-use crate::wire::{NodeInfo, Request, Response};
+use crate::wire::{NodeInfo, Request, Response, SealedRecord};
 use crate::NodeId;
 
 /// Keys examined per step of a hand-off.
@@ -39,10 +40,10 @@ struct Active {
     keys: Vec<Vec<u8>>,
     /// Next key to examine.
     next: usize,
-    /// The key being handed off and its records still to send.
-    current: Option<(Vec<u8>, VecDeque<Vec<u8>>)>,
-    /// The record whose STORE is in flight: (key, provider `node_id`, `advertised_at`).
-    sending: Option<(Vec<u8>, Vec<u8>, Option<u64>)>,
+    /// The key being handed off and its sealed records still to send.
+    current: Option<(Vec<u8>, VecDeque<SealedRecord>)>,
+    /// The record whose STORE is in flight: (key, its seal, provider `node_id`).
+    sending: Option<(Vec<u8>, Seal, Vec<u8>)>,
     /// Set when a step ran out of its chunk: the next step runs at the next timeout.
     resume_at: Option<Time>,
 }
@@ -105,15 +106,14 @@ impl<S: StoreAccess> Cx<'_, S> {
         let mut examined = 0;
         loop {
             if let Some((key, records)) = &mut active.current {
-                if let Some(value) = records.pop_front() {
-                    let node_id = Provider::parse(&value)
-                        .ok()
+                if let Some(record) = records.pop_front() {
+                    let node_id = Provider::parse(&record.term)
                         .map(|p| p.node_id)
                         .unwrap_or_default();
-                    active.sending = Some((key.clone(), node_id, advertised_at(&value)));
+                    active.sending = Some((key.clone(), record.seal, node_id));
                     let request = Arc::new(Request::Store {
                         key: key.clone(),
-                        value,
+                        record,
                     });
                     let peer = active.peer;
                     self.send(Some(peer.id), peer.addr, request, Purpose::HandOff);
@@ -135,10 +135,16 @@ impl<S: StoreAccess> Cx<'_, S> {
             if !self.dht.peers.is_among_closest(&active.peer.id, &target, k) {
                 continue;
             }
-            let records: VecDeque<Vec<u8>> = self.store.read(|s| {
-                s.providers(&key, now_ms)
-                    .filter(|term| still_advertised(term, unix))
-                    .map(<[u8]>::to_vec)
+            // Only sealed records go to other nodes, untouched.
+            let records: VecDeque<SealedRecord> = self.store.read(|s| {
+                s.records(&key, now_ms)
+                    .filter(|r| still_advertised(r.term, unix))
+                    .filter_map(|r| {
+                        r.seal().map(|seal| SealedRecord {
+                            term: r.term.to_vec(),
+                            seal,
+                        })
+                    })
                     .collect()
             });
             active.current = Some((key, records));
@@ -155,10 +161,8 @@ impl<S: StoreAccess> Cx<'_, S> {
         match result {
             Ok(_) => {
                 self.dht.stats.handed_off += 1;
-                if let Some((key, node_id, stamp)) = sending {
-                    if !node_id.is_empty() {
-                        self.note_handed_off(&key, &node_id, stamp, peer);
-                    }
+                if let Some((key, seal, node_id)) = sending {
+                    self.note_handed_off(&key, &seal, &node_id, peer);
                 }
                 self.step_handoff();
             }
@@ -175,14 +179,16 @@ impl<S: StoreAccess> Cx<'_, S> {
 
     /// Remembers that `peer` took a copy of the record, so that its removal follows; if the
     /// record was removed here while the copy was on its way, the removal follows at once.
-    fn note_handed_off(&mut self, key: &[u8], node_id: &[u8], stamp: Option<u64>, peer: NodeInfo) {
-        self.dht.handed_off.add(key, node_id, &[peer]);
-        if self
+    fn note_handed_off(&mut self, key: &[u8], seal: &Seal, node_id: &[u8], peer: NodeInfo) {
+        let publisher = &seal.publisher;
+        self.dht.handed_off.add(key, publisher, node_id, &[peer]);
+        let now_ms = self.now_ms();
+        let removed = self
             .dht
             .tombstones
-            .blocks(key, node_id, stamp, self.now_ms())
-        {
-            self.forward_remove(key, node_id, None);
+            .removal(key, publisher, node_id, seal.seq, now_ms);
+        if let Some(removal) = removed {
+            self.forward_remove(key, node_id, &removal, None);
         }
     }
 

@@ -31,8 +31,10 @@ mod inbound;
 mod maintenance;
 mod ops;
 mod peers;
+mod rates;
 mod rng;
 mod tombstones;
+mod trust;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -43,8 +45,8 @@ pub use adverts::MAX_WAITING;
 pub use config::DhtConfig;
 pub use events::{Event, LookupKind, LookupSummary, Trouble};
 
-use crate::provider::{ProviderError, ProviderRecord};
 use crate::record::{Advertisement, Provider, RecordError};
+use crate::seal::{Keypair, Publisher, Verifier};
 use crate::settings::SettingError;
 use crate::store::{ProviderStore, StoreError};
 use crate::table::TableConfig;
@@ -57,6 +59,7 @@ use events::LookupLatencies;
 use handoff::HandOffs;
 use ops::Ops;
 use peers::Peers;
+use rates::PeerRates;
 use rng::Rng;
 use tombstones::Tombstones;
 
@@ -230,12 +233,15 @@ pub enum JoinError {
     NoneAnswered(String),
 }
 
-/// Why a publish failed after it was accepted.
+/// Why a publish was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PublishError {
     /// The local store refused the record.
     #[error("record refused: {0}")]
     Store(#[from] StoreError),
+    /// A record on the network needs a `node_id`: it names the record's slot.
+    #[error("a published provider needs a node_id")]
+    NoNodeId,
 }
 
 /// Why an advertisement or a withdrawal was refused at once.
@@ -294,6 +300,22 @@ pub struct DhtStats {
     pub handoffs_skipped: u64,
     /// Republishes the local store refused.
     pub republish_failures: u64,
+    /// STOREs and REMOVEs refused because their signature did not verify.
+    pub refused_forged: u64,
+    /// STOREs and REMOVEs refused because the provider's `node_id` is another node's id.
+    pub refused_wrong_publisher: u64,
+    /// STOREs and REMOVEs refused because their sequence was not newer than the slot's.
+    pub refused_stale: u64,
+    /// STOREs refused because their publisher had removed the slot since (replays).
+    pub refused_replay: u64,
+    /// STOREs refused because their publisher had its share of the store already.
+    pub refused_quota: u64,
+    /// STOREs refused because their sender sent them too fast.
+    pub refused_rate: u64,
+    /// Providers in `find_value` replies dropped because their seal did not verify.
+    pub forged_in_replies: u64,
+    /// Requests refused because they spoke another protocol version.
+    pub refused_version: u64,
 }
 
 /// A snapshot of a node's DHT state.
@@ -317,6 +339,12 @@ pub struct DhtStatus {
 #[derive(Debug)]
 pub struct Dht {
     id: NodeId,
+    /// The node's signing key: it publishes under it.
+    keypair: Keypair,
+    /// The last sequence it signed with.
+    last_seq: u64,
+    verifier: Verifier,
+    rates: PeerRates,
     config: DhtConfig,
     /// Unix microseconds at `Time::ZERO` of the host's clock: the one clock is the host's, and
     /// wall-clock stamps (`advertised_at`, removal times) are derived from it.
@@ -338,23 +366,28 @@ pub struct Dht {
 }
 
 impl Dht {
-    /// A node with id `id`, started at `now`, when the wall clock reads `unix_now_us`
-    /// microseconds since the Unix epoch. `seed` drives its random choices. It knows no one
-    /// until [`Dht::bootstrap`] (or a peer's request).
+    /// A node with the key `keypair` (its id is the key's), started at `now`, when the wall
+    /// clock reads `unix_now_us` microseconds since the Unix epoch. `seed` drives its random
+    /// choices. It knows no one until [`Dht::bootstrap`] (or a peer's request).
     pub fn new(
-        id: NodeId,
+        keypair: Keypair,
         config: DhtConfig,
         now: Time,
         unix_now_us: u64,
         seed: u64,
     ) -> Result<Dht, SettingError> {
         config.validate()?;
+        let id = keypair.node_id();
         let table = TableConfig {
             k: config.k,
             replacements: config.replacements,
         };
         Ok(Dht {
             id,
+            keypair,
+            last_seq: 0,
+            verifier: Verifier::new(config.verified_cache),
+            rates: PeerRates::new(config.peer_stores_per_s),
             peers: Peers::new(id, table, config.max_verifying),
             tombstones: Tombstones::new(config.max_tombstones),
             published: Copies::new(config.max_replicated, 2 * config.k),
@@ -580,33 +613,30 @@ impl Dht {
         Ok(op)
     }
 
-    /// Sends a record held here under `key` (versioned ETF) to the `k` closest nodes of `key`.
-    /// Nobody republishes it: the caller does. From this call on, [`Dht::replicated`] knows the
-    /// record, so a removal right after it still goes to the network. Ends with
-    /// [`Outcome::Published`].
-    pub fn replicate<S: StoreAccess>(
+    /// Publishes a provider under `key` (versioned ETF) as this node: signs it (its ttl is the
+    /// record's own, else the store's default), stores it here and sends it to the `k` closest
+    /// nodes of `key`. Nobody republishes it: the caller does, as Macula's advertisers do. From
+    /// this call on, [`Dht::replicated`] knows the record, so a removal right after it still goes
+    /// to the network. Ends with [`Outcome::Published`]; refused at once when the record has no
+    /// `node_id` or the store refuses it.
+    pub fn publish<S: StoreAccess>(
         &mut self,
         store: &mut S,
         key: &[u8],
         etf: &[u8],
         now: Time,
-    ) -> Result<OpId, ProviderError> {
-        let node_id = ProviderRecord::parse(etf)?.node_id().map(<[u8]>::to_vec);
+    ) -> Result<OpId, PublishError> {
         let op = self.ops.next_op();
-        let request = Request::Store {
-            key: key.to_vec(),
-            // The wire carries the term without the version byte.
-            value: etf[1..].to_vec(),
-        };
         self.with(store, now, |cx| {
-            cx.replicate(op, key, request, node_id, flows::Origin::Caller)
-        });
+            cx.publish_record(op, key, etf, None, flows::Origin::Caller)
+        })?;
         Ok(op)
     }
 
-    /// Removes `node_id`'s provider under `key` here at once (leaving a tombstone), then sends
-    /// REMOVE to the `k` closest nodes of `key` and to every node this node gave a copy, which
-    /// keep a tombstone too so late copies stay out. Ends with [`Outcome::Published`].
+    /// Removes `node_id`'s provider under `key` here at once (every record of it held here, and a
+    /// tombstone on this node's slot), then sends this node's signed REMOVE to the `k` closest
+    /// nodes of `key` and to every node this node gave a copy, which keep a tombstone too so late
+    /// copies stay out. Ends with [`Outcome::Published`].
     pub fn remove<S: StoreAccess>(
         &mut self,
         store: &mut S,
@@ -616,7 +646,7 @@ impl Dht {
     ) -> OpId {
         let op = self.ops.next_op();
         self.with(store, now, |cx| {
-            cx.remove_everywhere(op, key, node_id, flows::Origin::Caller)
+            cx.remove_everywhere(op, key, node_id, None, flows::Origin::Caller)
         });
         op
     }
@@ -624,7 +654,18 @@ impl Dht {
     /// Whether this node sent a STORE of `node_id`'s provider under `key` (and has not removed
     /// it since): its removal then goes to every node that took a copy.
     pub fn replicated(&self, key: &[u8], node_id: &[u8]) -> bool {
-        self.published.contains(key, node_id)
+        self.published.contains(key, self.keypair.public(), node_id)
+    }
+
+    /// The key this node publishes under.
+    pub fn publisher(&self) -> &Publisher {
+        self.keypair.public()
+    }
+
+    /// Counts a request refused because it spoke another protocol version (the host decodes
+    /// frames, so it is the one that sees them).
+    pub fn refused_version(&mut self) {
+        self.stats.refused_version += 1;
     }
 
     /// Nodes in the routing table.
@@ -697,5 +738,13 @@ impl<'a, S: StoreAccess> Cx<'a, S> {
 
     fn unix_secs(&self) -> u64 {
         self.dht.unix_secs(self.now)
+    }
+
+    /// The next sequence this node signs with: milliseconds since the Unix epoch, or one more
+    /// than the last if the clock has not moved on (or went back).
+    fn next_seq(&mut self) -> u64 {
+        let unix_ms = self.dht.unix_origin_us.saturating_add(self.now.as_micros()) / 1000;
+        self.dht.last_seq = unix_ms.max(self.dht.last_seq.saturating_add(1));
+        self.dht.last_seq
     }
 }

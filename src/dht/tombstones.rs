@@ -1,34 +1,40 @@
-//! Tombstones of removed providers.
+//! Tombstones of removed provider slots.
 //!
 //! A REMOVE reaches the replicas, but a copy of the removed record may still be on its way: a
 //! hand-off from a replica that had not heard of the removal yet, a STORE that crossed the
-//! REMOVE. Without a memory of the removal, such a late STORE would bring the record back until
-//! it expires. So a removal leaves a tombstone `(key, node_id) -> until` that lives as long as
-//! the removed record could have, and a STORE of that provider whose `advertised_at` is not newer
-//! than the removal is dropped while it stands. A genuine re-advertisement carries a later
-//! `advertised_at` and goes through.
+//! REMOVE, or a STORE captured earlier and replayed on purpose. Without a memory of the removal,
+//! such a STORE would bring the record back until it expires. So a removal leaves a tombstone
+//! on its slot `(key, publisher, node_id)` holding the removal's sequence, for as long as the
+//! removed record could have lived, and a STORE of that slot whose sequence is not newer is
+//! refused while it stands. The publisher's next record carries a higher sequence and goes
+//! through. The tombstone keeps the removal's signature too, so that the removal can follow a
+//! copy handed off while it was on its way. Sequences are the publisher's: they are compared with each other only, never with
+//! this node's clock.
 //!
 //! The set is bounded: past its capacity the tombstone closest to its end is dropped first.
-//! Times: `until_ms` on the node's monotonic clock, `removed_at` in Unix seconds (it is compared
-//! with `advertised_at`, which is wall-clock seconds written by the advertiser).
+//! `until_ms` is on the node's monotonic clock.
 
 use std::collections::{BTreeSet, HashMap};
 
-/// `(key, node_id)` of a removed provider.
-type Id = (Vec<u8>, Vec<u8>);
+use crate::seal::{Publisher, Removal, SIGNATURE_LEN};
+
+/// A removed slot: `(key, publisher, node_id)`.
+type Slot = (Vec<u8>, Publisher, Vec<u8>);
 
 #[derive(Debug, Clone, Copy)]
 struct Tomb {
     until_ms: u64,
-    removed_at: u64,
+    seq: u64,
+    /// The signature of the removal with sequence `seq`.
+    sig: [u8; SIGNATURE_LEN],
 }
 
 /// Bounded set of tombstones.
 #[derive(Debug)]
 pub(crate) struct Tombstones {
-    by_id: HashMap<Id, Tomb>,
-    /// `(until_ms, key, node_id)`, for purging and for evicting the one that ends first.
-    by_end: BTreeSet<(u64, Vec<u8>, Vec<u8>)>,
+    by_slot: HashMap<Slot, Tomb>,
+    /// `(until_ms, slot)`, for purging and for evicting the one that ends first.
+    by_end: BTreeSet<(u64, Slot)>,
     capacity: usize,
 }
 
@@ -36,65 +42,86 @@ impl Tombstones {
     /// A set holding at most `capacity` tombstones (at least 1).
     pub(crate) fn new(capacity: usize) -> Tombstones {
         Tombstones {
-            by_id: HashMap::new(),
+            by_slot: HashMap::new(),
             by_end: BTreeSet::new(),
             capacity: capacity.max(1),
         }
     }
 
-    /// Records that `node_id`'s provider under `key` was removed at `removed_at` (Unix seconds)
-    /// and that copies must be refused until `until_ms`. An existing tombstone is extended, never
-    /// shortened.
-    pub(crate) fn insert(&mut self, key: &[u8], node_id: &[u8], until_ms: u64, removed_at: u64) {
-        let id = (key.to_vec(), node_id.to_vec());
-        let tomb = match self.by_id.get(&id) {
+    /// Records the publisher's `removal` of its provider `node_id` under `key`: older copies
+    /// are refused until `until_ms`. An existing tombstone is extended, never shortened, and
+    /// keeps the newer removal.
+    pub(crate) fn insert(&mut self, key: &[u8], node_id: &[u8], removal: &Removal, until_ms: u64) {
+        let slot = (key.to_vec(), removal.publisher, node_id.to_vec());
+        let new = Tomb {
+            until_ms,
+            seq: removal.seq,
+            sig: removal.sig,
+        };
+        let tomb = match self.by_slot.get(&slot) {
             Some(old) => {
-                self.by_end
-                    .remove(&(old.until_ms, id.0.clone(), id.1.clone()));
+                self.by_end.remove(&(old.until_ms, slot.clone()));
+                let newer = if old.seq >= new.seq { old } else { &new };
                 Tomb {
                     until_ms: old.until_ms.max(until_ms),
-                    removed_at: old.removed_at.max(removed_at),
+                    ..*newer
                 }
             }
             None => {
-                if self.by_id.len() >= self.capacity {
+                if self.by_slot.len() >= self.capacity {
                     self.evict_first();
                 }
-                Tomb {
-                    until_ms,
-                    removed_at,
-                }
+                new
             }
         };
-        self.by_end
-            .insert((tomb.until_ms, id.0.clone(), id.1.clone()));
-        self.by_id.insert(id, tomb);
+        self.by_end.insert((tomb.until_ms, slot.clone()));
+        self.by_slot.insert(slot, tomb);
     }
 
-    /// Whether a STORE of `node_id`'s provider under `key`, advertised at `advertised_at`, must
-    /// be dropped at `now_ms`: a tombstone stands and the record is not newer than the removal
-    /// (a record without `advertised_at` is taken as old).
+    /// Whether a STORE of the slot with sequence `seq` must be refused at `now_ms`: a
+    /// tombstone stands and the record is not newer than the removal.
     pub(crate) fn blocks(
         &self,
         key: &[u8],
+        publisher: &Publisher,
         node_id: &[u8],
-        advertised_at: Option<u64>,
+        seq: u64,
         now_ms: u64,
     ) -> bool {
-        if self.by_id.is_empty() {
-            return false;
-        }
-        let Some(tomb) = self.by_id.get(&(key.to_vec(), node_id.to_vec())) else {
-            return false;
-        };
-        tomb.until_ms > now_ms && advertised_at.is_none_or(|at| at <= tomb.removed_at)
+        self.removal(key, publisher, node_id, seq, now_ms).is_some()
     }
 
-    /// Forgets the tombstone of `(key, node_id)` (the owner advertises it again).
-    pub(crate) fn clear(&mut self, key: &[u8], node_id: &[u8]) {
-        if let Some(tomb) = self.by_id.remove(&(key.to_vec(), node_id.to_vec())) {
-            self.by_end
-                .remove(&(tomb.until_ms, key.to_vec(), node_id.to_vec()));
+    /// The removal behind the slot's tombstone, if one stands at `now_ms` and `seq` is not
+    /// newer than it.
+    pub(crate) fn removal(
+        &self,
+        key: &[u8],
+        publisher: &Publisher,
+        node_id: &[u8],
+        seq: u64,
+        now_ms: u64,
+    ) -> Option<Removal> {
+        if self.by_slot.is_empty() {
+            return None;
+        }
+        self.by_slot
+            .get(&(key.to_vec(), *publisher, node_id.to_vec()))
+            .filter(|tomb| tomb.until_ms > now_ms && seq <= tomb.seq)
+            .map(|tomb| Removal {
+                publisher: *publisher,
+                seq: tomb.seq,
+                sig: tomb.sig,
+            })
+    }
+
+    /// Forgets the tombstone of the slot (its publisher stored a newer record).
+    pub(crate) fn clear(&mut self, key: &[u8], publisher: &Publisher, node_id: &[u8]) {
+        if self.by_slot.is_empty() {
+            return;
+        }
+        let slot = (key.to_vec(), *publisher, node_id.to_vec());
+        if let Some(tomb) = self.by_slot.remove(&slot) {
+            self.by_end.remove(&(tomb.until_ms, slot));
         }
     }
 
@@ -112,12 +139,12 @@ impl Tombstones {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.by_id.len()
+        self.by_slot.len()
     }
 
     fn evict_first(&mut self) {
-        if let Some((_, key, node_id)) = self.by_end.pop_first() {
-            self.by_id.remove(&(key, node_id));
+        if let Some((_, slot)) = self.by_end.pop_first() {
+            self.by_slot.remove(&slot);
         }
     }
 }
@@ -126,30 +153,44 @@ impl Tombstones {
 mod tests {
     use super::*;
 
+    const P: Publisher = [1; 32];
+    const Q: Publisher = [2; 32];
+
+    fn removal(seq: u64) -> Removal {
+        Removal {
+            publisher: P,
+            seq,
+            sig: [seq as u8; SIGNATURE_LEN],
+        }
+    }
+
     #[test]
-    fn blocks_older_copies_until_it_ends() {
+    fn blocks_older_copies_of_its_slot_until_it_ends() {
         let mut t = Tombstones::new(10);
-        t.insert(b"k", b"n", 1_000, 50);
-        assert!(t.blocks(b"k", b"n", Some(49), 0));
-        assert!(t.blocks(b"k", b"n", Some(50), 999));
-        assert!(t.blocks(b"k", b"n", None, 0));
+        t.insert(b"k", b"n", &removal(50), 1_000);
+        assert!(t.blocks(b"k", &P, b"n", 49, 0));
         assert!(
-            !t.blocks(b"k", b"n", Some(51), 0),
-            "a newer advertisement goes through"
+            t.blocks(b"k", &P, b"n", 50, 999),
+            "a replay of the removal's own sequence"
         );
-        assert!(!t.blocks(b"k", b"n", Some(1), 1_000), "ended");
-        assert!(!t.blocks(b"k", b"other", Some(1), 0));
-        assert!(!t.blocks(b"other", b"n", Some(1), 0));
+        assert!(
+            !t.blocks(b"k", &P, b"n", 51, 0),
+            "the publisher's next record goes through"
+        );
+        assert!(!t.blocks(b"k", &P, b"n", 1, 1_000), "ended");
+        assert!(!t.blocks(b"k", &Q, b"n", 1, 0), "another publisher's slot");
+        assert!(!t.blocks(b"k", &P, b"other", 1, 0));
+        assert!(!t.blocks(b"other", &P, b"n", 1, 0));
     }
 
     #[test]
     fn purge_and_clear() {
         let mut t = Tombstones::new(10);
-        t.insert(b"a", b"n", 10, 0);
-        t.insert(b"b", b"n", 20, 0);
+        t.insert(b"a", b"n", &removal(0), 10);
+        t.insert(b"b", b"n", &removal(0), 20);
         assert_eq!(t.purge(10), 1);
         assert_eq!(t.len(), 1);
-        t.clear(b"b", b"n");
+        t.clear(b"b", &P, b"n");
         assert_eq!(t.len(), 0);
         assert!(t.by_end.is_empty());
     }
@@ -157,21 +198,26 @@ mod tests {
     #[test]
     fn reinsert_extends_and_capacity_evicts_the_first_to_end() {
         let mut t = Tombstones::new(2);
-        t.insert(b"a", b"n", 10, 5);
-        t.insert(b"a", b"n", 5, 1);
+        t.insert(b"a", b"n", &removal(5), 10);
+        t.insert(b"a", b"n", &removal(1), 5);
         assert!(
-            t.blocks(b"a", b"n", Some(5), 9),
-            "kept the later end and removal"
+            t.blocks(b"a", &P, b"n", 5, 9),
+            "kept the later end and sequence"
+        );
+        assert_eq!(
+            t.removal(b"a", &P, b"n", 0, 9),
+            Some(removal(5)),
+            "and the newer removal"
         );
         assert_eq!(t.by_end.len(), 1);
-        t.insert(b"b", b"n", 30, 0);
-        t.insert(b"c", b"n", 20, 0);
+        t.insert(b"b", b"n", &removal(0), 30);
+        t.insert(b"c", b"n", &removal(0), 20);
         assert_eq!(t.len(), 2);
         assert!(
-            !t.blocks(b"a", b"n", None, 0),
+            !t.blocks(b"a", &P, b"n", 0, 0),
             "a ended first and was evicted"
         );
-        assert!(t.blocks(b"b", b"n", None, 0));
-        assert!(t.blocks(b"c", b"n", None, 0));
+        assert!(t.blocks(b"b", &P, b"n", 0, 0));
+        assert!(t.blocks(b"c", &P, b"n", 0, 0));
     }
 }

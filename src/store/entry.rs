@@ -232,21 +232,27 @@ impl KeyEntry {
     }
 
     /// The record of the same slot (node_id and publisher) is replaced in place (keeping its
-    /// position), unless both are sealed and the stored sequence is not lower; otherwise the
-    /// record goes first, unless the key already holds `max_records`.
+    /// position), unless both are sealed and the stored one is newer, or as new but another
+    /// record (the very same record again, from another replica, is taken: its expiry is
+    /// refreshed); otherwise the record goes first, unless the key already holds `max_records`.
     pub fn upsert(&mut self, record: &NewRecord, max_records: usize) -> Upsert {
         let mut count = 0;
         let mut same = None;
         for slot in self.slots() {
             if record.same_slot(&slot.record) {
-                let held = slot.record.seal().map(|s| s.seq);
-                same = Some((slot.span, slot.record.stored_len(), held));
+                let stale = slot.record.seal.and_then(|held| {
+                    let held_seq = Seal::from_bytes(held).seq;
+                    let newer = record.seq > held_seq;
+                    let again = record.seq == held_seq && record.seal.as_ref() == Some(held);
+                    (!newer && !again).then_some(held_seq)
+                });
+                same = Some((slot.span, slot.record.stored_len(), stale));
                 break;
             }
             count += 1;
         }
-        if let Some((span, old_len, held)) = same {
-            if let Some(held) = held.filter(|held| *held >= record.seq) {
+        if let Some((span, old_len, stale)) = same {
+            if let Some(held) = stale {
                 return Upsert::Stale { held };
             }
             self.splice(span, Some(record));
@@ -552,10 +558,17 @@ mod tests {
             "two publishers: two slots"
         );
         assert_eq!(e.upsert(&rec(&s1_old), 10), Upsert::Stale { held: 5 });
+        let len = sealed(&s1);
         assert_eq!(
             e.upsert(&rec(&s1), 10),
+            Upsert::Replaced { old_len: len },
+            "the same record again, from another replica"
+        );
+        let other = k1.seal(b"k", b"another term", 5, 60);
+        assert_eq!(
+            e.upsert(&rec(&other), 10),
             Upsert::Stale { held: 5 },
-            "a replay"
+            "another record with the same sequence"
         );
         let s1_new = k1.seal(b"k", term, 6, 60);
         assert_eq!(

@@ -9,12 +9,13 @@
 use std::net::SocketAddr;
 
 use super::{
-    ErrorReason, NodeInfo, Request, Response, WireError, MAX_ADDRESS_BYTES, MAX_FRAME_BYTES,
-    MAX_KEY_BYTES, MAX_NODES, MAX_NODE_ID_BYTES, MAX_PROVIDERS, PROTOCOL_VERSION,
+    ErrorReason, NodeInfo, Request, Response, SealedRecord, WireError, MAX_ADDRESS_BYTES,
+    MAX_FRAME_BYTES, MAX_KEY_BYTES, MAX_NODES, MAX_NODE_ID_BYTES, MAX_PROVIDERS, PROTOCOL_VERSION,
 };
 use crate::etf::{self, tag, EtfError, Scalar};
 use crate::id::{NodeId, ID_LEN};
 use crate::provider::ProviderRecord;
+use crate::seal::{Removal, Seal};
 
 /// Parses an untrusted request frame; see [`Request::decode`].
 pub(super) fn request(frame: &[u8]) -> Result<Request, WireError> {
@@ -27,13 +28,25 @@ pub(super) fn request(frame: &[u8]) -> Result<Request, WireError> {
         b"find_value" => Request::FindValue { key: msg.key()? },
         b"store" => Request::Store {
             key: msg.key()?,
-            value: msg.provider(msg.required(Field::Value, "value")?)?,
+            record: SealedRecord {
+                term: msg.provider(msg.required(Field::Value, "value")?)?,
+                seal: seal(msg.term, &msg.values)?,
+            },
         },
         b"remove" => Request::Remove {
             key: msg.key()?,
             node_id: msg
                 .binary(Field::NodeId, MAX_NODE_ID_BYTES, "node_id")?
                 .to_vec(),
+            removal: Removal {
+                publisher: fixed(
+                    msg.term,
+                    msg.required(Field::Publisher, "publisher")?,
+                    "publisher",
+                )?,
+                seq: unsigned(msg.term, msg.required(Field::Seq, "seq")?, "seq")?,
+                sig: fixed(msg.term, msg.required(Field::Sig, "sig")?, "sig")?,
+            },
         },
         _ => return Err(WireError::UnknownType),
     })
@@ -50,7 +63,7 @@ pub(super) fn response(frame: &[u8]) -> Result<Response, WireError> {
         b"find_value_reply" => match msg.atom(Field::Result, "result")? {
             b"value" => {
                 let list = msg.list(Field::Value, MAX_PROVIDERS, "value")?;
-                let providers = list.map(|p| msg.provider(p?)).collect::<Result<_, _>>()?;
+                let providers = list.map(|p| msg.sealed(p?)).collect::<Result<_, _>>()?;
                 Response::Value {
                     providers,
                     nodes: msg.nodes(false)?,
@@ -77,24 +90,44 @@ pub(super) fn response(frame: &[u8]) -> Result<Response, WireError> {
     })
 }
 
-/// The keys any message may use. A message reads only those its type needs.
+/// The keys any message may use. A message reads only those its type needs; the last five
+/// also name the fields of a sealed provider inside a `find_value_reply`.
 #[derive(Clone, Copy)]
 enum Field {
     V,
     Type,
     Target,
     Key,
-    Value,
     NodeId,
     Nodes,
     Result,
     Reason,
+    Value,
+    Publisher,
+    Seq,
+    Ttl,
+    Sig,
 }
 
 /// Names of [`Field`]s, in declaration order.
-const FIELDS: [&[u8]; 9] = [
-    b"v", b"type", b"target", b"key", b"value", b"node_id", b"nodes", b"result", b"reason",
+const FIELDS: [&[u8]; 13] = [
+    b"v",
+    b"type",
+    b"target",
+    b"key",
+    b"node_id",
+    b"nodes",
+    b"result",
+    b"reason",
+    b"value",
+    b"publisher",
+    b"seq",
+    b"ttl",
+    b"sig",
 ];
+
+/// The fields of a sealed provider: the tail of [`FIELDS`], from `value` on.
+const SEALED_FIELDS: usize = Field::Value as usize;
 
 /// A validated frame: the term (after the version byte) and where each known field's value is.
 struct Message<'a> {
@@ -179,6 +212,23 @@ impl<'a> Message<'a> {
         Ok(nodes)
     }
 
+    /// The sealed provider map at `at` (`#{value, publisher, seq, ttl, sig}`).
+    fn sealed(&self, at: usize) -> Result<SealedRecord, WireError> {
+        let names = &FIELDS[SEALED_FIELDS..];
+        let mut found = [None; FIELDS.len() - SEALED_FIELDS];
+        fields(self.term, at, names, &mut found).map_err(|e| match e {
+            WireError::Malformed("not a map") => WireError::Malformed("sealed provider"),
+            e => e,
+        })?;
+        let mut values = [None; FIELDS.len()];
+        values[SEALED_FIELDS..].copy_from_slice(&found);
+        let value = values[Field::Value as usize].ok_or(WireError::Malformed("value"))?;
+        Ok(SealedRecord {
+            term: self.provider(value)?,
+            seal: seal(self.term, &values)?,
+        })
+    }
+
     /// The provider map at `at`, as term bytes without version byte.
     fn provider(&self, at: usize) -> Result<Vec<u8>, WireError> {
         let end = etf::skip_term(self.term, at)?;
@@ -236,6 +286,34 @@ fn binary<'a>(
     match etf::scalar(term, at)? {
         Scalar::Binary(bytes) if bytes.len() > max => Err(WireError::Limit { what, max }),
         Scalar::Binary(bytes) => Ok(bytes),
+        _ => Err(WireError::Malformed(what)),
+    }
+}
+
+/// The `publisher`, `seq`, `ttl` and `sig` fields found in `values`, as a seal.
+fn seal(term: &[u8], values: &[Option<usize>; FIELDS.len()]) -> Result<Seal, WireError> {
+    let at = |field: Field, what| values[field as usize].ok_or(WireError::Malformed(what));
+    let ttl = unsigned(term, at(Field::Ttl, "ttl")?, "ttl")?;
+    Ok(Seal {
+        publisher: fixed(term, at(Field::Publisher, "publisher")?, "publisher")?,
+        seq: unsigned(term, at(Field::Seq, "seq")?, "seq")?,
+        ttl_secs: u32::try_from(ttl).map_err(|_| WireError::Malformed("ttl"))?,
+        sig: fixed(term, at(Field::Sig, "sig")?, "sig")?,
+    })
+}
+
+/// A binary of exactly `N` bytes.
+fn fixed<const N: usize>(term: &[u8], at: usize, what: &'static str) -> Result<[u8; N], WireError> {
+    match etf::scalar(term, at)? {
+        Scalar::Binary(bytes) => <[u8; N]>::try_from(bytes).map_err(|_| WireError::Malformed(what)),
+        _ => Err(WireError::Malformed(what)),
+    }
+}
+
+/// A non-negative integer that fits in 64 bits.
+fn unsigned(term: &[u8], at: usize, what: &'static str) -> Result<u64, WireError> {
+    match etf::scalar(term, at)? {
+        Scalar::Integer(n) => u64::try_from(n).map_err(|_| WireError::Malformed(what)),
         _ => Err(WireError::Malformed(what)),
     }
 }

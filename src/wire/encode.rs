@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use super::{NodeInfo, Request, Response, PROTOCOL_VERSION};
+use super::{NodeInfo, Request, Response, SealedRecord, PROTOCOL_VERSION};
 use crate::etf::Writer;
 
 /// The frame of a request; see [`Request::encode`].
@@ -27,20 +27,38 @@ pub(super) fn request(req: &Request) -> Vec<u8> {
             w.binary(key);
             type_and_v(&mut w, "find_value");
         }
-        Request::Store { key, value } => {
-            w.map(4);
+        Request::Store { key, record } => {
+            w.map(8);
             w.atom("key");
             w.binary(key);
+            w.atom("publisher");
+            w.binary(&record.seal.publisher);
+            w.atom("seq");
+            w.unsigned(record.seal.seq);
+            w.atom("sig");
+            w.binary(&record.seal.sig);
+            w.atom("ttl");
+            w.unsigned(u64::from(record.seal.ttl_secs));
             type_and_v(&mut w, "store");
             w.atom("value");
-            w.raw(value);
+            w.raw(&record.term);
         }
-        Request::Remove { key, node_id } => {
-            w.map(4);
+        Request::Remove {
+            key,
+            node_id,
+            removal,
+        } => {
+            w.map(7);
             w.atom("key");
             w.binary(key);
             w.atom("node_id");
             w.binary(node_id);
+            w.atom("publisher");
+            w.binary(&removal.publisher);
+            w.atom("seq");
+            w.unsigned(removal.seq);
+            w.atom("sig");
+            w.binary(&removal.sig);
             type_and_v(&mut w, "remove");
         }
     }
@@ -69,7 +87,7 @@ pub(super) fn response(resp: &Response) -> Vec<u8> {
             w.atom("value");
             type_and_v(&mut w, "find_value_reply");
             w.atom("value");
-            w.list(providers, |w, p| w.raw(p));
+            w.list(providers, sealed);
         }
         Response::NoValue { nodes } => {
             w.map(4);
@@ -89,6 +107,28 @@ pub(super) fn response(resp: &Response) -> Vec<u8> {
         }
     }
     w.into_bytes()
+}
+
+/// A sealed provider in a `find_value_reply`: `#{publisher, seq, sig, ttl, value}`.
+fn sealed(w: &mut Writer, record: &SealedRecord) {
+    w.map(5);
+    w.atom("publisher");
+    w.binary(&record.seal.publisher);
+    w.atom("seq");
+    w.unsigned(record.seal.seq);
+    w.atom("sig");
+    w.binary(&record.seal.sig);
+    w.atom("ttl");
+    w.unsigned(u64::from(record.seal.ttl_secs));
+    w.atom("value");
+    w.raw(&record.term);
+}
+
+/// Bytes a sealed provider takes in a `find_value_reply`.
+pub(super) fn sealed_len(record: &SealedRecord) -> usize {
+    let mut w = Writer::unversioned();
+    sealed(&mut w, record);
+    w.into_bytes().len()
 }
 
 /// The address as the wire writes it: `"a.b.c.d:port"` or `"[v6]:port"`.

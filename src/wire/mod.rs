@@ -21,9 +21,12 @@ use std::net::SocketAddr;
 use crate::etf::EtfError;
 use crate::id::NodeId;
 use crate::provider::ProviderError;
+use crate::seal::{Removal, Seal};
 
-/// The protocol version every message carries as `v`.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The protocol version every message carries as `v`. Version 2 carries publisher seals on
+/// every provider record and removal; a frame of another version is refused with
+/// `unsupported_version`, never read as this one.
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Largest frame (request or reply), in bytes, version byte included.
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
@@ -47,36 +50,50 @@ pub const MAX_ADDRESS_BYTES: usize = 64;
 /// A request, sent by the node that opens the stream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Request {
-    /// `#{v => 1, type => ping}`.
+    /// `#{v => 2, type => ping}`.
     Ping,
-    /// `#{v => 1, type => find_node, target => <<32 bytes>>}`.
+    /// `#{v => 2, type => find_node, target => <<32 bytes>>}`.
     FindNode {
         /// The id whose closest known nodes are asked for.
         target: NodeId,
     },
-    /// `#{v => 1, type => find_value, key => Key}`.
+    /// `#{v => 2, type => find_value, key => Key}`.
     FindValue {
         /// The DHT key whose providers are asked for, at most [`MAX_KEY_BYTES`] bytes.
         key: Vec<u8>,
     },
-    /// `#{v => 1, type => store, key => Key, value => Provider}`. `value` is the provider's term
-    /// bytes without version byte; decoded values passed [`crate::ProviderRecord::parse`], and
-    /// values to encode must be such bytes too (they are written as they are).
+    /// `#{v => 2, type => store, key => Key, value => Provider, publisher => <<32 bytes>>,
+    /// seq => Seq, ttl => Secs, sig => <<64 bytes>>}`: a provider record and its publisher's
+    /// seal. The seal is read, not checked, here: the node checks it.
     Store {
         /// The DHT key to store the provider under, at most [`MAX_KEY_BYTES`] bytes.
         key: Vec<u8>,
-        /// The provider's term bytes, without version byte (see above).
-        value: Vec<u8>,
+        /// The provider and its seal.
+        record: SealedRecord,
     },
-    /// `#{v => 1, type => remove, key => Key, node_id => NodeId}`: the provider `node_id`
-    /// withdraws its record under `key`.
+    /// `#{v => 2, type => remove, key => Key, node_id => NodeId, publisher => <<32 bytes>>,
+    /// seq => Seq, sig => <<64 bytes>>}`: the publisher withdraws its provider `node_id` under
+    /// `key`.
     Remove {
         /// The DHT key the record is stored under, at most [`MAX_KEY_BYTES`] bytes.
         key: Vec<u8>,
-        /// The `node_id` binary of the withdrawing provider, as in its record: at most
+        /// The `node_id` binary of the withdrawn provider, as in its record: at most
         /// [`MAX_NODE_ID_BYTES`] bytes, not necessarily a 32-byte [`NodeId`].
         node_id: Vec<u8>,
+        /// The publisher's signed removal.
+        removal: Removal,
     },
+}
+
+/// A provider record as it crosses the wire: the provider map and its publisher's seal.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SealedRecord {
+    /// The provider's term bytes, without version byte; decoded ones passed
+    /// [`crate::ProviderRecord::parse`], and ones to encode must be such bytes too (they are
+    /// written as they are).
+    pub term: Vec<u8>,
+    /// The publisher's seal over the record's key and term.
+    pub seal: Seal,
 }
 
 /// A reply, sent back on the request's stream.
@@ -86,35 +103,36 @@ pub enum Request {
 /// `find_value_reply`), so the two reply types stay distinct.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Response {
-    /// `#{v => 1, type => pong}`.
+    /// `#{v => 2, type => pong}`.
     Pong,
-    /// `#{v => 1, type => find_node_reply, nodes => [NodeInfo]}`.
+    /// `#{v => 2, type => find_node_reply, nodes => [NodeInfo]}`.
     Nodes {
         /// The replier's known nodes closest to the target; the decoder accepts at most
         /// [`MAX_NODES`].
         nodes: Vec<NodeInfo>,
     },
-    /// `#{v => 1, type => find_value_reply, result => value, value => [Provider],
-    /// nodes => [NodeInfo]}`. Providers are term bytes without version byte (see
-    /// [`Request::Store`]); `nodes` may be empty (and may be absent on the wire).
+    /// `#{v => 2, type => find_value_reply, result => value, value => [Sealed],
+    /// nodes => [NodeInfo]}`, each `Sealed` being `#{value => Provider, publisher => ..., seq =>
+    /// ..., ttl => ..., sig => ...}` (see [`Request::Store`]); `nodes` may be empty (and may be
+    /// absent on the wire).
     Value {
-        /// The providers held under the key, each checked by
-        /// [`ProviderRecord::parse`](crate::ProviderRecord::parse) when decoded; at most
-        /// [`MAX_PROVIDERS`].
-        providers: Vec<Vec<u8>>,
+        /// The sealed providers held under the key, each term checked by
+        /// [`ProviderRecord::parse`](crate::ProviderRecord::parse) when decoded (the seals are
+        /// checked by the node); at most [`MAX_PROVIDERS`].
+        providers: Vec<SealedRecord>,
         /// The replier's known nodes closest to the key, at most [`MAX_NODES`]; may be empty.
         nodes: Vec<NodeInfo>,
     },
-    /// `#{v => 1, type => find_value_reply, result => nodes, nodes => [NodeInfo]}`: a miss.
+    /// `#{v => 2, type => find_value_reply, result => nodes, nodes => [NodeInfo]}`: a miss.
     NoValue {
         /// The replier's known nodes closest to the key, to ask next; at most [`MAX_NODES`].
         nodes: Vec<NodeInfo>,
     },
-    /// `#{v => 1, type => store_reply, result => ok}`.
+    /// `#{v => 2, type => store_reply, result => ok}`.
     Stored,
-    /// `#{v => 1, type => remove_reply, result => ok}`.
+    /// `#{v => 2, type => remove_reply, result => ok}`.
     Removed,
-    /// `#{v => 1, type => error, reason => Reason}`.
+    /// `#{v => 2, type => error, reason => Reason}`.
     Error {
         /// Why the request was not answered.
         reason: ErrorReason,
@@ -148,6 +166,18 @@ pub enum ErrorReason {
     Limit,
     /// The node failed to handle a valid request.
     Internal,
+    /// A `store` or `remove` whose signature does not verify under its publisher's key.
+    Forged,
+    /// A `store` or `remove` of a provider whose `node_id` is another node's id.
+    WrongPublisher,
+    /// A `store` or `remove` whose sequence is not newer than what the slot holds.
+    Stale,
+    /// A `store` of a record its publisher removed later (a replay).
+    Removed,
+    /// A `store` past the share of the node's store its publisher may take.
+    OverQuota,
+    /// A `store` past the rate one peer may send them at.
+    RateLimited,
 }
 
 /// Why a frame was rejected.
@@ -222,11 +252,11 @@ impl Response {
         decode::response(frame)
     }
 
-    /// A [`Value`](Self::Value) reply with the first of `providers` (term bytes without version
-    /// byte), in order, as many as fit both [`MAX_PROVIDERS`] and a frame of [`MAX_FRAME_BYTES`];
-    /// `nodes` is cut to [`MAX_NODES`]. Stops at the first provider that does not fit.
-    pub fn value_fitting<'a>(
-        providers: impl IntoIterator<Item = &'a [u8]>,
+    /// A [`Value`](Self::Value) reply with the first of `providers`, in order, as many as fit
+    /// both [`MAX_PROVIDERS`] and a frame of [`MAX_FRAME_BYTES`]; `nodes` is cut to
+    /// [`MAX_NODES`]. Stops at the first provider that does not fit.
+    pub fn value_fitting(
+        providers: impl IntoIterator<Item = SealedRecord>,
         mut nodes: Vec<NodeInfo>,
     ) -> Response {
         nodes.truncate(MAX_NODES);
@@ -241,11 +271,11 @@ impl Response {
         } = &mut reply
         {
             for provider in providers.into_iter().take(MAX_PROVIDERS) {
-                size += provider.len();
+                size += encode::sealed_len(&provider);
                 if size > MAX_FRAME_BYTES {
                     break;
                 }
-                kept.push(provider.to_vec());
+                kept.push(provider);
             }
         }
         reply
@@ -289,7 +319,7 @@ impl From<&WireError> for Response {
 
 impl ErrorReason {
     /// Every reason, in declaration order.
-    pub const ALL: [ErrorReason; 7] = [
+    pub const ALL: [ErrorReason; 13] = [
         ErrorReason::UnknownMessage,
         ErrorReason::UnsupportedVersion,
         ErrorReason::Malformed,
@@ -297,6 +327,12 @@ impl ErrorReason {
         ErrorReason::InvalidProvider,
         ErrorReason::Limit,
         ErrorReason::Internal,
+        ErrorReason::Forged,
+        ErrorReason::WrongPublisher,
+        ErrorReason::Stale,
+        ErrorReason::Removed,
+        ErrorReason::OverQuota,
+        ErrorReason::RateLimited,
     ];
 
     /// The atom's name on the wire.
@@ -309,6 +345,12 @@ impl ErrorReason {
             ErrorReason::InvalidProvider => "invalid_provider",
             ErrorReason::Limit => "limit",
             ErrorReason::Internal => "internal",
+            ErrorReason::Forged => "forged_signature",
+            ErrorReason::WrongPublisher => "wrong_publisher",
+            ErrorReason::Stale => "stale_sequence",
+            ErrorReason::Removed => "removed",
+            ErrorReason::OverQuota => "over_quota",
+            ErrorReason::RateLimited => "rate_limited",
         }
     }
 

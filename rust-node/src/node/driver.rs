@@ -18,7 +18,8 @@ use std::time::Duration;
 use macula_dht::dht::{
     Action, Event, Failure, FailureKind, Outcome, Outgoing, Reply, Started, Trouble,
 };
-use macula_dht::wire::{ErrorReason, NodeInfo, Request, Response};
+use macula_dht::seal::Keypair;
+use macula_dht::wire::{ErrorReason, NodeInfo, Request, Response, WireError, PROTOCOL_VERSION};
 use macula_dht::{Dht, NodeId, OpId, RpcId, Time};
 use parking_lot::Mutex;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -97,14 +98,15 @@ struct ToDo {
 impl Shared {
     /// Sets up the engine, starts answering peers (when serving) and the timer task.
     pub(super) fn launch(
-        id: NodeId,
+        keypair: Keypair,
         config: NodeConfig,
         endpoint: Endpoint,
         store: Arc<SharedStore>,
         events: Option<EventSink>,
     ) -> Result<(Arc<Shared>, Vec<JoinHandle<()>>), NodeError> {
+        let id = keypair.node_id();
         let dht = Dht::new(
-            id,
+            keypair,
             config.dht.clone(),
             store.now(),
             unix_now_us(),
@@ -259,6 +261,15 @@ impl Shared {
             store_failures: dht.stats.store_failures,
             remove_failures: dht.stats.remove_failures,
             handoff_failures: dht.stats.handoffs_stopped + dht.stats.handoffs_skipped,
+            protocol: PROTOCOL_VERSION,
+            refused_version: dht.stats.refused_version,
+            refused_forged: dht.stats.refused_forged,
+            refused_wrong_publisher: dht.stats.refused_wrong_publisher,
+            refused_stale: dht.stats.refused_stale,
+            refused_replay: dht.stats.refused_replay,
+            refused_quota: dht.stats.refused_quota,
+            refused_rate: dht.stats.refused_rate,
+            forged_in_replies: dht.stats.forged_in_replies,
         }
     }
 
@@ -269,6 +280,10 @@ impl Shared {
             Ok(request) => request,
             Err(e) => {
                 self.bad_requests.fetch_add(1, Ordering::Relaxed);
+                if let WireError::UnsupportedVersion(v) = e {
+                    self.engine.lock().dht.refused_version();
+                    tracing::debug!(peer = %id_hex(&peer.id), version = v, "request of another protocol version refused");
+                }
                 tracing::debug!(peer = %id_hex(&peer.id), addr = %peer.addr, error = %e, "bad request");
                 return Response::from(&e).encode();
             }

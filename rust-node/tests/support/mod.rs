@@ -6,7 +6,10 @@ pub mod procs;
 use std::future::Future;
 use std::time::Duration;
 
-use macula_dht_node::{DhtConfig, NodeConfig};
+use std::net::SocketAddr;
+
+use macula_dht::wire::{Request, Response, SealedRecord};
+use macula_dht_node::{DhtConfig, Endpoint, NodeConfig};
 
 /// Production settings with short timers, so expiry and republish show within seconds.
 pub fn fast_config() -> NodeConfig {
@@ -19,6 +22,16 @@ pub fn fast_config() -> NodeConfig {
             ..DhtConfig::default()
         },
         ..NodeConfig::default()
+    }
+}
+
+/// The sealed records a node serves under `key`, asked over the wire from `client`.
+pub async fn sealed_copies(client: &Endpoint, addr: SocketAddr, key: &[u8]) -> Vec<SealedRecord> {
+    let ask = Request::FindValue { key: key.to_vec() };
+    let (_, reply) = client.request(addr, None, ask.encode()).await.unwrap();
+    match Response::decode(&reply).unwrap() {
+        Response::Value { providers, .. } => providers,
+        _ => Vec::new(),
     }
 }
 
