@@ -1,5 +1,5 @@
-//! Hostile frames: each must give an error quickly, without panicking and without allocating a
-//! large buffer. A tracking allocator records the largest single allocation made by the test's
+//! Hostile frames, v2 seals included: each must give an error quickly, without panicking and
+//! without allocating a large buffer. A tracking allocator records the largest single allocation made by the test's
 //! own thread while a frame is being decoded.
 
 mod wire_support;
@@ -9,7 +9,7 @@ use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use macula_dht::etf::{self, EtfError};
-use macula_dht::wire::{Request, Response, WireError, MAX_FRAME_BYTES};
+use macula_dht::wire::{Request, Response, WireError, MAX_FRAME_BYTES, MAX_PROVIDERS};
 use macula_dht::ProviderRecord;
 use proptest::prelude::*;
 use wire_support::*;
@@ -57,6 +57,11 @@ const SMALL_ALLOC: usize = 64 << 10;
 /// Decodes `frame` as a request and as a response; both must fail quickly with small
 /// allocations only. Returns the request's error.
 fn rejected(frame: &[u8]) -> WireError {
+    rejected_within(frame, SMALL_ALLOC)
+}
+
+/// [`rejected`], with allocations of up to `max_alloc` bytes at once allowed.
+fn rejected_within(frame: &[u8], max_alloc: usize) -> WireError {
     LARGEST.with(|l| l.set(0));
     let start = Instant::now();
     let req = Request::decode(frame);
@@ -64,7 +69,7 @@ fn rejected(frame: &[u8]) -> WireError {
     let elapsed = start.elapsed();
     let largest = LARGEST.with(Cell::get);
     assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
-    assert!(largest <= SMALL_ALLOC, "allocated {largest} bytes at once");
+    assert!(largest <= max_alloc, "allocated {largest} bytes at once");
     assert!(resp.is_err(), "{resp:?}");
     req.expect_err("request decoded")
 }
@@ -78,11 +83,7 @@ fn the_tracking_allocator_sees_allocations() {
 }
 
 fn find_value_with_key(key_term: Vec<u8>) -> Vec<u8> {
-    msg(&[
-        ("v", int(1)),
-        ("type", atom("find_value")),
-        ("key", key_term),
-    ])
+    msg(&[("v", v()), ("type", atom("find_value")), ("key", key_term)])
 }
 
 #[test]
@@ -98,7 +99,7 @@ fn huge_announced_list_in_a_tiny_buffer() {
     );
     // The same in a reply's node list.
     let reply = msg(&[
-        ("v", int(1)),
+        ("v", v()),
         ("type", atom("find_node_reply")),
         ("nodes", huge),
     ]);
@@ -106,6 +107,24 @@ fn huge_announced_list_in_a_tiny_buffer() {
     // A map announcing 2^32 - 1 pairs.
     assert_eq!(
         rejected(&[131, 116, 255, 255, 255, 255, 97, 1]),
+        WireError::Etf(EtfError::TooManyElements)
+    );
+    // A hit announcing 2^32 - 1 sealed providers, and a sealed provider announcing 2^32 - 1
+    // fields.
+    let hit = |value: Vec<u8>| {
+        msg(&[
+            ("v", v()),
+            ("type", atom("find_value_reply")),
+            ("result", atom("value")),
+            ("value", value),
+        ])
+    };
+    assert_eq!(
+        rejected(&hit(vec![108, 255, 255, 255, 255, 106])),
+        WireError::Etf(EtfError::TooManyElements)
+    );
+    assert_eq!(
+        rejected(&hit(list(&[vec![116, 255, 255, 255, 255, 97, 1]]))),
         WireError::Etf(EtfError::TooManyElements)
     );
 }
@@ -121,17 +140,36 @@ fn deep_nesting() {
         WireError::Etf(EtfError::TooDeep)
     );
     // Hidden under an unknown key, and inside a provider.
-    let hidden = msg(&[("v", int(1)), ("type", atom("ping")), ("junk", lists)]);
+    let hidden = msg(&[("v", v()), ("type", atom("ping")), ("junk", lists)]);
     assert_eq!(rejected(&hidden), WireError::Etf(EtfError::TooDeep));
     let mut maps = [116, 0, 0, 0, 1, 97, 0].repeat(depth);
     maps.extend(vec![106; 1]);
-    let store = msg(&[
-        ("v", int(1)),
-        ("type", atom("store")),
-        ("key", bin(b"k")),
-        ("value", maps),
-    ]);
+    let record = sealed(b"k", provider(b"n1", 300), 1, 60);
+    let store = msg(&with(&store_fields(b"k", &record), "value", maps.clone()));
     assert_eq!(rejected(&store), WireError::Etf(EtfError::TooDeep));
+    // As a seal field, in a sealed provider, and under `v => 1`: the frame is walked, and
+    // refused, before any field is read.
+    for name in ["publisher", "seq", "ttl", "sig"] {
+        let store = msg(&with(&store_fields(b"k", &record), name, maps.clone()));
+        assert_eq!(
+            rejected(&store),
+            WireError::Etf(EtfError::TooDeep),
+            "{name}"
+        );
+    }
+    let deep_sealed = atom_map(&with(&sealed_fields(&record), "value", maps.clone()));
+    let hit = msg(&[
+        ("v", v()),
+        ("type", atom("find_value_reply")),
+        ("result", atom("value")),
+        (
+            "value",
+            list(&[atom_map(&sealed_fields(&record)), deep_sealed]),
+        ),
+    ]);
+    assert_eq!(rejected(&hit), WireError::Etf(EtfError::TooDeep));
+    let old = msg(&[("v", int(1)), ("type", atom("store")), ("value", maps)]);
+    assert_eq!(rejected(&old), WireError::Etf(EtfError::TooDeep));
 }
 
 #[test]
@@ -212,6 +250,122 @@ fn one_gib_length_fields() {
 }
 
 #[test]
+fn hostile_seals() {
+    let record = sealed(b"k", provider(b"n1", 300), 1, 60);
+    let store = store_fields(b"k", &record);
+    let removal = keypair(1).removal(b"k", b"n1", 2);
+    let remove = remove_fields(b"k", b"n1", &removal);
+    let gib = 1u32 << 30;
+    // A publisher or a signature announcing 1 GiB.
+    for name in ["publisher", "sig"] {
+        let huge = [&[109][..], &gib.to_be_bytes(), &[1; 64]].concat();
+        for fields in [&store, &remove] {
+            assert_eq!(
+                rejected(&msg(&with(fields, name, huge.clone()))),
+                WireError::Etf(EtfError::Truncated),
+                "{name}"
+            );
+        }
+        // 64 KiB where 32 or 64 bytes belong.
+        let long = bin(&[1; 1 << 16]);
+        assert_eq!(
+            rejected(&msg(&with(&store, name, long.clone()))),
+            WireError::Malformed(name)
+        );
+        assert_eq!(
+            rejected(&msg(&with(&remove, name, long))),
+            WireError::Malformed(name)
+        );
+    }
+    for name in ["seq", "ttl"] {
+        // Bignums: the longest SMALL_BIG, a 64 KiB LARGE_BIG, one announcing 1 GiB, and 2^64.
+        let large_big =
+            |len: u32, digits: &[u8]| [&[111][..], &len.to_be_bytes(), &[0], digits].concat();
+        let cases = [
+            (small_big(false, &[255; 255]), WireError::Malformed(name)),
+            (small_big(true, &[255; 255]), WireError::Malformed(name)),
+            (
+                large_big(1 << 16, &[255; 1 << 16]),
+                WireError::Malformed(name),
+            ),
+            (large_big(gib, &[1; 8]), WireError::Etf(EtfError::Truncated)),
+            (
+                small_big(false, &[0, 0, 0, 0, 0, 0, 0, 0, 1]),
+                WireError::Malformed(name),
+            ),
+            (small_big(true, &[1]), WireError::Malformed(name)),
+            (vec![98, 255, 255, 255, 255], WireError::Malformed(name)),
+        ];
+        for (value, error) in cases {
+            assert_eq!(
+                rejected(&msg(&with(&store, name, value.clone()))),
+                error,
+                "store {name}"
+            );
+            if name == "seq" {
+                assert_eq!(
+                    rejected(&msg(&with(&remove, name, value))),
+                    error,
+                    "remove {name}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        rejected(&msg(&with(&store, "ttl", uint(u64::from(u32::MAX) + 1)))),
+        WireError::Malformed("ttl")
+    );
+    // A frame of 2^16 unknown keys around a seal: read and skipped.
+    let mut fields: Vec<_> = store
+        .iter()
+        .map(|(name, value)| (atom(name), value.clone()))
+        .collect();
+    fields.extend((0..1u32 << 16).map(|i| (int(i), vec![106])));
+    fields.push((atom("sig"), bin(&[0; 64])));
+    assert_eq!(
+        rejected(&frame(&map(&fields))),
+        WireError::Malformed("duplicate key")
+    );
+}
+
+#[test]
+fn a_full_hit_with_one_bad_seal() {
+    // MAX_PROVIDERS sealed providers, the last one with a short signature: every provider is
+    // read before the bad one, but nothing is allocated beyond the size of the frame itself.
+    let record = sealed(b"k", provider(b"n1", 300), 1, 60);
+    let good = atom_map(&sealed_fields(&record));
+    let bad = atom_map(&with(&sealed_fields(&record), "sig", bin(&[0; 63])));
+    let mut providers = vec![good; MAX_PROVIDERS - 1];
+    providers.push(bad);
+    let hit = msg(&[
+        ("v", v()),
+        ("type", atom("find_value_reply")),
+        ("result", atom("value")),
+        ("value", list(&providers)),
+    ]);
+    assert_eq!(Response::decode(&hit), Err(WireError::Malformed("sig")));
+    assert_eq!(rejected_within(&hit, hit.len()), WireError::UnknownType);
+    // One provider more than the cap: refused before any is read.
+    let mut providers = vec![atom_map(&sealed_fields(&record)); MAX_PROVIDERS + 1];
+    providers[0] = int(0);
+    let over = msg(&[
+        ("v", v()),
+        ("type", atom("find_value_reply")),
+        ("result", atom("value")),
+        ("value", list(&providers)),
+    ]);
+    LARGEST.with(|l| l.set(0));
+    assert_eq!(
+        Response::decode(&over),
+        Err(WireError::Limit {
+            what: "value",
+            max: MAX_PROVIDERS
+        })
+    );
+    assert!(LARGEST.with(Cell::get) <= SMALL_ALLOC);
+}
+
+#[test]
 fn frames_over_the_cap() {
     let over = vec![0u8; MAX_FRAME_BYTES + 1];
     assert_eq!(rejected(&over), WireError::TooLarge(MAX_FRAME_BYTES + 1));
@@ -229,13 +383,13 @@ fn frames_over_the_cap() {
 #[test]
 fn atoms_outside_the_table() {
     for name in ["hello", "find_nodes", "PING", "ping\0", ""] {
-        let frame = msg(&[("v", int(1)), ("type", atom(name))]);
+        let frame = msg(&[("v", v()), ("type", atom(name))]);
         assert_eq!(rejected(&frame), WireError::UnknownType, "{name:?}");
     }
     // A 255-byte UTF-8 atom, and a 65535-byte ATOM_EXT.
     let long = "é".repeat(127);
     assert_eq!(
-        rejected(&msg(&[("v", int(1)), ("type", atom(&long))])),
+        rejected(&msg(&[("v", v()), ("type", atom(&long))])),
         WireError::UnknownType
     );
     let huge = [&[100u8, 255, 255][..], &[b'a'; 65535]].concat();
@@ -244,7 +398,7 @@ fn atoms_outside_the_table() {
 }
 
 fn frame_with_type(type_term: Vec<u8>) -> Vec<u8> {
-    frame(&map(&[(atom("v"), int(1)), (atom("type"), type_term)]))
+    frame(&map(&[(atom("v"), v()), (atom("type"), type_term)]))
 }
 
 #[test]
@@ -270,7 +424,7 @@ fn other_shapes() {
         WireError::Etf(EtfError::TrailingBytes)
     );
     // Many unknown keys: read and skipped, within the frame cap.
-    let mut fields = vec![(atom("v"), int(1)), (atom("type"), atom("bogus"))];
+    let mut fields = vec![(atom("v"), v()), (atom("type"), atom("bogus"))];
     fields.extend((0..100_000u32).map(|i| (int(i), vec![106])));
     assert_eq!(rejected(&frame(&map(&fields))), WireError::UnknownType);
 }

@@ -9,6 +9,10 @@
 //! provider: the decoder keeps providers as raw term bytes, so the bytes it sliced out of an
 //! Erlang frame must be the provider's own `term_to_binary` (less the version byte); they are
 //! also parsed with `ProviderRecord::parse`. Frames go to `erl` as hex on its command line.
+//!
+//! Seals are made on both sides, with the same keys: Erlang signs with `crypto:sign(eddsa, ...)`
+//! over the signed bytes it lays out itself, `macula_dht` with `seal::Keypair`; Ed25519
+//! signatures are deterministic, so equal values mean both sign the same bytes.
 
 mod wire_support;
 
@@ -17,6 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use macula_dht::etf::EtfError;
+use macula_dht::seal::Seal;
 use macula_dht::wire::{ErrorReason, NodeInfo, Request, Response, WireError};
 use macula_dht::{NodeId, ProviderRecord};
 use wire_support::*;
@@ -76,7 +81,12 @@ fn unhex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// Erlang variables every snippet may use.
+/// Erlang variables every snippet may use. `Sealed(Seed, K, P, Seq, Ttl, O)` is the sealed
+/// provider map (`#{value, publisher, seq, ttl, sig}`) of `P` under `K`, signed by the key of
+/// seed `binary:copy(<<Seed>>, 32)` over `P`'s `term_to_binary(P, O)` (less the version byte),
+/// as `macula_dht::seal` lays the signed bytes out; `Removal(Seed, K, NodeId, Seq)` is the
+/// `#{publisher, seq, sig}` of a removal. Both sign with Erlang's own `crypto`, so a match with
+/// what `macula_dht` signs shows both sides sign the same bytes.
 const PRELUDE: &str = r#"
     Id = list_to_binary(lists:seq(0, 31)),
     N7 = binary:copy(<<7>>, 32),
@@ -85,6 +95,22 @@ const PRELUDE: &str = r#"
            advertised_at => 1764160000, metadata => #{region => <<"eu">>, tags => [a, <<"b">>, 3]}},
     P2 = #{<<"node_id">> => <<"n2">>, <<"ttl">> => 60, last_seen => 1764160000000},
     P3 = #{node_id => <<"n3">>},
+    Keys = fun(KSeed) -> crypto:generate_key(eddsa, ed25519, binary:copy(<<KSeed>>, 32)) end,
+    Pub1 = element(1, Keys(1)),
+    Sealed = fun(SSeed, SK, SP, SSeq, STtl, SO) ->
+        {SPub, SPriv} = Keys(SSeed),
+        <<131, SPB/binary>> = term_to_binary(SP, SO),
+        SMsg = <<"macula-dht/2 provider", 0, (byte_size(SK)):32, SK/binary, SPub/binary,
+                 SSeq:64, STtl:32, (byte_size(SPB)):32, SPB/binary>>,
+        #{value => SP, publisher => SPub, seq => SSeq, ttl => STtl,
+          sig => crypto:sign(eddsa, none, SMsg, [SPriv, ed25519])}
+    end,
+    Removal = fun(RSeed, RK, RId, RSeq) ->
+        {RPub, RPriv} = Keys(RSeed),
+        RMsg = <<"macula-dht/2 remove", 0, (byte_size(RK)):32, RK/binary, RPub/binary, RSeq:64,
+                 (byte_size(RId)):32, RId/binary>>,
+        #{publisher => RPub, seq => RSeq, sig => crypto:sign(eddsa, none, RMsg, [RPriv, ed25519])}
+    end,
 "#;
 
 /// The value a frame should decode to, given the raw provider terms Erlang made for it.
@@ -98,7 +124,8 @@ type ExpectFn = dyn Fn(&[Vec<u8>]) -> Expect;
 
 struct FromErlang {
     name: String,
-    /// An Erlang expression of the message term.
+    /// An Erlang expression of the message term; it may use `O`, the `term_to_binary` options
+    /// the frame is made with (seals sign the provider's bytes as written with them).
     term: String,
     /// Erlang expressions of the providers inside, in order.
     providers: &'static [&'static str],
@@ -132,22 +159,28 @@ fn v6(byte: u8) -> NodeInfo {
     node(byte, "[2001:db8::1]:9443")
 }
 
+/// A sequence number as publishers make them: milliseconds since the epoch.
+const SEQ: u64 = 1_764_160_000_000;
+
 fn from_erlang_cases() -> Vec<FromErlang> {
     use Expect::{Req, Resp};
     let id = NodeId(std::array::from_fn(|i| i as u8));
     let nodes_term = r#"[#{node_id => N7, address => <<"10.1.2.3:4433">>, last_seen => 1764160000000},
                          #{node_id => N8, address => <<"[2001:db8::1]:9443">>, endpoint => <<"https://x">>}]"#;
+    let store = |key: &str, rest: &str| {
+        format!("maps:merge(#{{v => 2, type => store, key => {key}}}, {rest})")
+    };
     let mut cases = vec![
-        case("ping", "#{v => 1, type => ping}", &[], |_| Req(Ok(Request::Ping))),
+        case("ping", "#{v => 2, type => ping}", &[], |_| Req(Ok(Request::Ping))),
         case(
             "find_node",
-            "#{v => 1, type => find_node, target => Id}",
+            "#{v => 2, type => find_node, target => Id}",
             &[],
             move |_| Req(Ok(Request::FindNode { target: id })),
         ),
         case(
             "find_value",
-            "#{v => 1, type => find_value, key => crypto:hash(sha256, <<\"svc\">>)}",
+            "#{v => 2, type => find_value, key => crypto:hash(sha256, <<\"svc\">>)}",
             &[],
             |_| {
                 Req(Ok(Request::FindValue {
@@ -157,47 +190,57 @@ fn from_erlang_cases() -> Vec<FromErlang> {
         ),
         case(
             "store",
-            "#{v => 1, type => store, key => <<\"k\">>, value => P1}",
+            &store(
+                "<<\"k\">>",
+                "Sealed(1, <<\"k\">>, P1, 1764160000000, 300, O)",
+            ),
             &["P1"],
-            |p| {
-                Req(Ok(Request::Store {
-                    key: b"k".to_vec(),
-                    value: p[0].clone(),
-                }))
-            },
+            |p| Req(Ok(wire_support::store(b"k", p[0].clone(), SEQ, 300))),
         ),
         case(
-            "store_binary_keys",
-            "#{v => 1, type => store, key => <<>>, value => P2}",
+            "store_binary_keys_largest_seal",
+            &store(
+                "<<>>",
+                "Sealed(2, <<>>, P2, 18446744073709551615, 4294967295, O)",
+            ),
             &["P2"],
             |p| {
                 Req(Ok(Request::Store {
                     key: vec![],
-                    value: p[0].clone(),
+                    record: sealed_by(2, b"", p[0].clone(), u64::MAX, u32::MAX),
                 }))
             },
+        ),
+        case(
+            "store_smallest_seal",
+            &store("<<\"k\">>", "Sealed(1, <<\"k\">>, P3, 0, 0, O)"),
+            &["P3"],
+            |p| Req(Ok(wire_support::store(b"k", p[0].clone(), 0, 0))),
         ),
         case(
             "remove",
-            "#{v => 1, type => remove, key => <<\"k\">>, node_id => <<\"n1\">>}",
+            "maps:merge(#{v => 2, type => remove, key => <<\"k\">>, node_id => <<\"n1\">>}, \
+             Removal(1, <<\"k\">>, <<\"n1\">>, 1764160000001))",
             &[],
-            |_| {
-                Req(Ok(Request::Remove {
-                    key: b"k".to_vec(),
-                    node_id: b"n1".to_vec(),
-                }))
-            },
+            |_| Req(Ok(remove(b"k", b"n1", SEQ + 1))),
+        ),
+        case(
+            "remove_own_node_id",
+            "maps:merge(#{v => 2, type => remove, key => <<>>, node_id => crypto:hash(sha256, Pub1)}, \
+             Removal(1, <<>>, crypto:hash(sha256, Pub1), 0))",
+            &[],
+            |_| Req(Ok(remove(b"", &keypair(1).node_id().0, 0))),
         ),
         case(
             "request_extra_keys",
-            "#{v => 1, type => ping, trace => {1, self()}, <<\"type\">> => <<\"store\">>, 7 => []}",
+            "#{v => 2, type => ping, trace => {1, self()}, <<\"type\">> => <<\"store\">>, 7 => []}",
             &[],
             |_| Req(Ok(Request::Ping)),
         ),
-        case("pong", "#{v => 1, type => pong}", &[], |_| Resp(Ok(Response::Pong))),
+        case("pong", "#{v => 2, type => pong}", &[], |_| Resp(Ok(Response::Pong))),
         case(
             "find_node_reply",
-            &format!("#{{v => 1, type => find_node_reply, nodes => {nodes_term}}}"),
+            &format!("#{{v => 2, type => find_node_reply, nodes => {nodes_term}}}"),
             &[],
             |_| {
                 Resp(Ok(Response::Nodes {
@@ -207,37 +250,46 @@ fn from_erlang_cases() -> Vec<FromErlang> {
         ),
         case(
             "find_node_reply_empty",
-            "#{v => 1, type => find_node_reply, nodes => []}",
+            "#{v => 2, type => find_node_reply, nodes => []}",
             &[],
             |_| Resp(Ok(Response::Nodes { nodes: vec![] })),
         ),
         case(
             "find_value_hit",
             &format!(
-                "#{{v => 1, type => find_value_reply, result => value, value => [P1, P2, P3], nodes => {nodes_term}}}"
+                "#{{v => 2, type => find_value_reply, result => value, \
+                   value => [Sealed(1, <<\"k\">>, P1, 1764160000000, 300, O), \
+                             Sealed(2, <<\"k\">>, P2, 7, 3600, O), \
+                             maps:put(extra, [x], Sealed(1, <<\"k\">>, P3, 18446744073709551615, 0, O))], \
+                   nodes => {nodes_term}}}"
             ),
             &["P1", "P2", "P3"],
             |p| {
                 Resp(Ok(Response::Value {
-                    providers: p.to_vec(),
+                    providers: vec![
+                        sealed(b"k", p[0].clone(), SEQ, 300),
+                        sealed_by(2, b"k", p[1].clone(), 7, 3600),
+                        sealed(b"k", p[2].clone(), u64::MAX, 0),
+                    ],
                     nodes: vec![v4(7), v6(8)],
                 }))
             },
         ),
         case(
             "find_value_hit_without_nodes",
-            "#{v => 1, type => find_value_reply, result => value, value => [P3]}",
+            "#{v => 2, type => find_value_reply, result => value, \
+               value => [Sealed(1, <<\"svc\">>, P3, 1, 60, O)]}",
             &["P3"],
             |p| {
                 Resp(Ok(Response::Value {
-                    providers: p.to_vec(),
+                    providers: vec![sealed(b"svc", p[0].clone(), 1, 60)],
                     nodes: vec![],
                 }))
             },
         ),
         case(
             "find_value_miss",
-            &format!("#{{v => 1, type => find_value_reply, result => nodes, nodes => {nodes_term}}}"),
+            &format!("#{{v => 2, type => find_value_reply, result => nodes, nodes => {nodes_term}}}"),
             &[],
             |_| {
                 Resp(Ok(Response::NoValue {
@@ -247,25 +299,56 @@ fn from_erlang_cases() -> Vec<FromErlang> {
         ),
         case(
             "store_reply",
-            "#{v => 1, type => store_reply, result => ok}",
+            "#{v => 2, type => store_reply, result => ok}",
             &[],
             |_| Resp(Ok(Response::Stored)),
         ),
         case(
             "remove_reply",
-            "#{v => 1, type => remove_reply, result => ok}",
+            "#{v => 2, type => remove_reply, result => ok}",
             &[],
             |_| Resp(Ok(Response::Removed)),
         ),
+        // Version 1 frames, as the old protocol wrote them, and a v1 frame carrying a seal.
+        case(
+            "v1_store",
+            "#{v => 1, type => store, key => <<\"k\">>, value => P1}",
+            &[],
+            |_| Req(Err(WireError::UnsupportedVersion(1))),
+        ),
+        case(
+            "v1_store_sealed",
+            "maps:merge(#{v => 1, type => store, key => <<\"k\">>}, Sealed(1, <<\"k\">>, P1, 1, 1, O))",
+            &[],
+            |_| Req(Err(WireError::UnsupportedVersion(1))),
+        ),
+        case(
+            "v1_find_value",
+            "#{v => 1, type => find_value, key => crypto:hash(sha256, <<\"svc\">>)}",
+            &[],
+            |_| Req(Err(WireError::UnsupportedVersion(1))),
+        ),
+        case(
+            "v1_remove",
+            "#{v => 1, type => remove, key => <<\"k\">>, node_id => <<\"n1\">>}",
+            &[],
+            |_| Req(Err(WireError::UnsupportedVersion(1))),
+        ),
+        case(
+            "v1_find_value_hit",
+            "#{v => 1, type => find_value_reply, result => value, value => [P1, P3]}",
+            &[],
+            |_| Resp(Err(WireError::UnsupportedVersion(1))),
+        ),
         case(
             "future_version",
-            "#{v => 2, type => find_everything}",
+            "#{v => 3, type => find_everything}",
             &[],
-            |_| Req(Err(WireError::UnsupportedVersion(2))),
+            |_| Req(Err(WireError::UnsupportedVersion(3))),
         ),
         case(
             "unknown_type",
-            "#{v => 1, type => find_everything}",
+            "#{v => 2, type => find_everything}",
             &[],
             |_| Req(Err(WireError::UnknownType)),
         ),
@@ -277,15 +360,78 @@ fn from_erlang_cases() -> Vec<FromErlang> {
         ),
         case(
             "non_map_provider",
-            "#{v => 1, type => store, key => <<\"k\">>, value => [P1]}",
+            &store("<<\"k\">>", "Sealed(1, <<\"k\">>, [P1], 1, 1, O)"),
             &[],
             |_| Req(Err(WireError::InvalidProvider(macula_dht::ProviderError::NotAMap))),
+        ),
+        // Seal fields out of shape, as Erlang writes them.
+        case(
+            "store_without_ttl",
+            &store("<<\"k\">>", "maps:remove(ttl, Sealed(1, <<\"k\">>, P1, 1, 1, O))"),
+            &[],
+            |_| Req(Err(WireError::Malformed("ttl"))),
+        ),
+        case(
+            "store_negative_seq",
+            &store("<<\"k\">>", "maps:put(seq, -1, Sealed(1, <<\"k\">>, P1, 1, 1, O))"),
+            &[],
+            |_| Req(Err(WireError::Malformed("seq"))),
+        ),
+        case(
+            "store_seq_past_64_bits",
+            &store("<<\"k\">>", "maps:put(seq, 1 bsl 64, Sealed(1, <<\"k\">>, P1, 1, 1, O))"),
+            &[],
+            |_| Req(Err(WireError::Malformed("seq"))),
+        ),
+        case(
+            "store_ttl_past_32_bits",
+            &store("<<\"k\">>", "maps:put(ttl, 1 bsl 32, Sealed(1, <<\"k\">>, P1, 1, 1, O))"),
+            &[],
+            |_| Req(Err(WireError::Malformed("ttl"))),
+        ),
+        case(
+            "store_short_publisher",
+            &store(
+                "<<\"k\">>",
+                "maps:put(publisher, binary:copy(<<1>>, 31), Sealed(1, <<\"k\">>, P1, 1, 1, O))",
+            ),
+            &[],
+            |_| Req(Err(WireError::Malformed("publisher"))),
+        ),
+        case(
+            "store_long_sig",
+            &store(
+                "<<\"k\">>",
+                "maps:update_with(sig, fun(S) -> <<S/binary, 0>> end, Sealed(1, <<\"k\">>, P1, 1, 1, O))",
+            ),
+            &[],
+            |_| Req(Err(WireError::Malformed("sig"))),
+        ),
+        case(
+            "remove_without_sig",
+            "maps:merge(#{v => 2, type => remove, key => <<\"k\">>, node_id => <<\"n1\">>}, \
+             maps:remove(sig, Removal(1, <<\"k\">>, <<\"n1\">>, 1)))",
+            &[],
+            |_| Req(Err(WireError::Malformed("sig"))),
+        ),
+        case(
+            "hit_unsealed_provider",
+            "#{v => 2, type => find_value_reply, result => value, value => [P1]}",
+            &[],
+            |_| Resp(Err(WireError::Malformed("value"))),
+        ),
+        case(
+            "hit_sealed_provider_not_a_map",
+            "#{v => 2, type => find_value_reply, result => value, \
+               value => [list_to_tuple(maps:to_list(Sealed(1, <<\"k\">>, P1, 1, 1, O)))]}",
+            &[],
+            |_| Resp(Err(WireError::Malformed("sealed provider"))),
         ),
         FromErlang {
             options: &["[compressed]"],
             ..case(
                 "compressed",
-                "#{v => 1, type => find_value, key => binary:copy(<<0>>, 1000)}",
+                "#{v => 2, type => find_value, key => binary:copy(<<0>>, 1000)}",
                 &[],
                 |_| Req(Err(WireError::Etf(EtfError::Compressed))),
             )
@@ -294,7 +440,7 @@ fn from_erlang_cases() -> Vec<FromErlang> {
     for reason in ErrorReason::ALL {
         cases.push(case(
             &format!("error_{}", reason.name()),
-            &format!("#{{v => 1, type => error, reason => {}}}", reason.name()),
+            &format!("#{{v => 2, type => error, reason => {}}}", reason.name()),
             &[],
             move |_| Resp(Ok(Response::Error { reason })),
         ));
@@ -308,7 +454,7 @@ fn erlang_frames_decode_to_the_expected_values() {
     let mut code = String::from(PRELUDE);
     code.push_str(
         r#"F = fun(Name, T, Ps, Opts) ->
-               [io:format("~s ~b ~s~s~n", [Name, I, binary:encode_hex(term_to_binary(T, O)),
+               [io:format("~s ~b ~s~s~n", [Name, I, binary:encode_hex(term_to_binary(T(O), O)),
                                             [[" ", binary:encode_hex(term_to_binary(P, O))] || P <- Ps]])
                 || {I, O} <- lists:zip(lists:seq(1, length(Opts)), Opts)]
            end,
@@ -316,7 +462,7 @@ fn erlang_frames_decode_to_the_expected_values() {
     );
     for c in &cases {
         code.push_str(&format!(
-            "F(\"{}\", {}, [{}], [{}]),\n",
+            "F(\"{}\", fun(O) -> {} end, [{}], [{}]),\n",
             c.name,
             c.term,
             c.providers.join(", "),
@@ -359,11 +505,29 @@ fn provider_term(node_id: &str, ttl: u32) -> String {
     format!("#{{node_id => <<\"{node_id}\">>, ttl => {ttl}}}")
 }
 
+/// Erlang expression of a binary, as hex.
+fn erl_bin(bytes: &[u8]) -> String {
+    format!("binary:decode_hex(<<\"{}\">>)", hex(bytes))
+}
+
+/// The seal fields of `seal`, as Erlang map associations (their values copied, not recomputed).
+fn erl_seal(seal: &Seal) -> String {
+    format!(
+        "publisher => {}, seq => {}, ttl => {}, sig => {}",
+        erl_bin(&seal.publisher),
+        seal.seq,
+        seal.ttl_secs,
+        erl_bin(&seal.sig)
+    )
+}
+
 #[test]
 fn our_frames_read_back_in_erlang() {
     let id_term = "list_to_binary(lists:seq(0, 31))";
     let n7 = r#"#{node_id => binary:copy(<<7>>, 32), address => <<"10.1.2.3:4433">>}"#;
     let n8 = r#"#{node_id => binary:copy(<<8>>, 32), address => <<"[2001:db8::1]:9443">>}"#;
+    // Not in Erlang's key order: a BEAM node reads it, but would not write these bytes, so its
+    // seal (over these bytes) is given to Erlang as is rather than recomputed there.
     let nested = map(&[
         (bin(b"node_id"), bin(b"n2")),
         (
@@ -374,15 +538,17 @@ fn our_frames_read_back_in_erlang() {
     ]);
     let nested_term =
         "#{<<\"node_id\">> => <<\"n2\">>, metadata => #{tags => [a, 7]}, advertised_at => 1764160000}";
+    let nested_sealed = sealed_by(2, b"k", nested.clone(), SEQ, 300);
+    let utf8 = "[{minor_version, 2}]";
     let mut cases: Vec<(String, Vec<u8>, String)> = vec![
-        ("ping".into(), Request::Ping.encode(), "#{v => 1, type => ping}".into()),
+        ("ping".into(), Request::Ping.encode(), "#{v => 2, type => ping}".into()),
         (
             "find_node".into(),
             Request::FindNode {
                 target: NodeId(std::array::from_fn(|i| i as u8)),
             }
             .encode(),
-            format!("#{{v => 1, type => find_node, target => {id_term}}}"),
+            format!("#{{v => 2, type => find_node, target => {id_term}}}"),
         ),
         (
             "find_value".into(),
@@ -390,52 +556,99 @@ fn our_frames_read_back_in_erlang() {
                 key: NodeId::normalize(b"svc").0.to_vec(),
             }
             .encode(),
-            "#{v => 1, type => find_value, key => crypto:hash(sha256, <<\"svc\">>)}".into(),
+            "#{v => 2, type => find_value, key => crypto:hash(sha256, <<\"svc\">>)}".into(),
         ),
+        // Sealed in Rust, sealed again in Erlang: the same signature.
         (
             "store".into(),
+            wire_support::store(b"k", provider(b"n1", 300), SEQ, 300).encode(),
+            format!(
+                "maps:merge(#{{v => 2, type => store, key => <<\"k\">>}}, \
+                 Sealed(1, <<\"k\">>, {}, {SEQ}, 300, {utf8}))",
+                provider_term("n1", 300)
+            ),
+        ),
+        (
+            "store_largest_seal".into(),
+            wire_support::store(b"", provider(b"n1", 300), u64::MAX, u32::MAX).encode(),
+            format!(
+                "maps:merge(#{{v => 2, type => store, key => <<>>}}, \
+                 Sealed(1, <<>>, {}, 18446744073709551615, 4294967295, {utf8}))",
+                provider_term("n1", 300)
+            ),
+        ),
+        (
+            "store_nested".into(),
             Request::Store {
                 key: b"k".to_vec(),
-                value: nested.clone(),
+                record: nested_sealed.clone(),
             }
             .encode(),
-            format!("#{{v => 1, type => store, key => <<\"k\">>, value => {nested_term}}}"),
+            format!(
+                "#{{v => 2, type => store, key => <<\"k\">>, value => {nested_term}, {}}}",
+                erl_seal(&nested_sealed.seal)
+            ),
         ),
         (
             "remove".into(),
-            Request::Remove {
-                key: vec![],
-                node_id: b"n1".to_vec(),
-            }
-            .encode(),
-            "#{v => 1, type => remove, key => <<>>, node_id => <<\"n1\">>}".into(),
+            remove(b"", b"n1", 0).encode(),
+            "maps:merge(#{v => 2, type => remove, key => <<>>, node_id => <<\"n1\">>}, \
+             Removal(1, <<>>, <<\"n1\">>, 0))"
+                .into(),
         ),
-        ("pong".into(), Response::Pong.encode(), "#{v => 1, type => pong}".into()),
+        (
+            "remove_own_node_id".into(),
+            remove(b"k", &keypair(1).node_id().0, SEQ).encode(),
+            format!(
+                "maps:merge(#{{v => 2, type => remove, key => <<\"k\">>, node_id => crypto:hash(sha256, Pub1)}}, \
+                 Removal(1, <<\"k\">>, crypto:hash(sha256, Pub1), {SEQ}))"
+            ),
+        ),
+        ("pong".into(), Response::Pong.encode(), "#{v => 2, type => pong}".into()),
         (
             "find_node_reply".into(),
             Response::Nodes {
                 nodes: vec![v4(7), v6(8)],
             }
             .encode(),
-            format!("#{{v => 1, type => find_node_reply, nodes => [{n7}, {n8}]}}"),
+            format!("#{{v => 2, type => find_node_reply, nodes => [{n7}, {n8}]}}"),
         ),
         (
             "find_node_reply_empty".into(),
             Response::Nodes { nodes: vec![] }.encode(),
-            "#{v => 1, type => find_node_reply, nodes => []}".into(),
+            "#{v => 2, type => find_node_reply, nodes => []}".into(),
         ),
         (
             "find_value_hit".into(),
             Response::Value {
-                providers: vec![provider(b"n1", 300), nested, provider(b"n3", 1 << 31)],
+                providers: vec![
+                    sealed(b"k", provider(b"n1", 300), SEQ, 300),
+                    nested_sealed.clone(),
+                    sealed(b"k", provider(b"n3", 1 << 31), 1, 1 << 31),
+                ],
                 nodes: vec![v6(8)],
             }
             .encode(),
             format!(
-                "#{{v => 1, type => find_value_reply, result => value, value => [{}, {nested_term}, {}], nodes => [{n8}]}}",
+                "#{{v => 2, type => find_value_reply, result => value, \
+                   value => [Sealed(1, <<\"k\">>, {}, {SEQ}, 300, {utf8}), \
+                             #{{value => {nested_term}, {}}}, \
+                             Sealed(1, <<\"k\">>, {}, 1, {}, {utf8})], \
+                   nodes => [{n8}]}}",
                 provider_term("n1", 300),
-                provider_term("n3", 1 << 31)
+                erl_seal(&nested_sealed.seal),
+                provider_term("n3", 1 << 31),
+                1u32 << 31
             ),
+        ),
+        (
+            "find_value_hit_empty".into(),
+            Response::Value {
+                providers: vec![],
+                nodes: vec![],
+            }
+            .encode(),
+            "#{v => 2, type => find_value_reply, result => value, value => [], nodes => []}".into(),
         ),
         (
             "find_value_miss".into(),
@@ -443,27 +656,28 @@ fn our_frames_read_back_in_erlang() {
                 nodes: vec![v4(7)],
             }
             .encode(),
-            format!("#{{v => 1, type => find_value_reply, result => nodes, nodes => [{n7}]}}"),
+            format!("#{{v => 2, type => find_value_reply, result => nodes, nodes => [{n7}]}}"),
         ),
         (
             "store_reply".into(),
             Response::Stored.encode(),
-            "#{v => 1, type => store_reply, result => ok}".into(),
+            "#{v => 2, type => store_reply, result => ok}".into(),
         ),
         (
             "remove_reply".into(),
             Response::Removed.encode(),
-            "#{v => 1, type => remove_reply, result => ok}".into(),
+            "#{v => 2, type => remove_reply, result => ok}".into(),
         ),
     ];
     for reason in ErrorReason::ALL {
         cases.push((
             format!("error_{}", reason.name()),
             Response::Error { reason }.encode(),
-            format!("#{{v => 1, type => error, reason => {}}}", reason.name()),
+            format!("#{{v => 2, type => error, reason => {}}}", reason.name()),
         ));
     }
-    let mut code = String::from(
+    let mut code = String::from(PRELUDE);
+    code.push_str(
         r#"C = fun(Name, Hex, Expected) ->
                R = try binary_to_term(binary:decode_hex(Hex), [safe]) of
                        T when T =:= Expected -> ok;

@@ -63,7 +63,10 @@ pub(super) fn response(frame: &[u8]) -> Result<Response, WireError> {
         b"find_value_reply" => match msg.atom(Field::Result, "result")? {
             b"value" => {
                 let list = msg.list(Field::Value, MAX_PROVIDERS, "value")?;
-                let providers = list.map(|p| msg.sealed(p?)).collect::<Result<_, _>>()?;
+                let mut providers = Vec::with_capacity(list.remaining());
+                for at in list {
+                    providers.push(msg.sealed(at?)?);
+                }
                 Response::Value {
                     providers,
                     nodes: msg.nodes(false)?,
@@ -460,5 +463,15 @@ mod tests {
         assert_eq!(FIELDS[Field::V as usize], b"v");
         assert_eq!(FIELDS[Field::Reason as usize], b"reason");
         assert_eq!(FIELDS[Field::NodeId as usize], b"node_id");
+        let sealed: Vec<&[u8]> = [
+            Field::Value,
+            Field::Publisher,
+            Field::Seq,
+            Field::Ttl,
+            Field::Sig,
+        ]
+        .map(|f| FIELDS[f as usize])
+        .to_vec();
+        assert_eq!(&FIELDS[SEALED_FIELDS..], &sealed[..]);
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Nodes talk over QUIC, one bidirectional stream per request; the transport moves opaque frames
 //! and this module gives them meaning. A frame is exactly one versioned ETF term (first byte 131)
-//! of at most [`MAX_FRAME_BYTES`]: a map with atom keys carrying `v => 1` (the protocol version)
+//! of at most [`MAX_FRAME_BYTES`]: a map with atom keys carrying `v => 2` (the protocol version)
 //! and `type => Atom`, in the shapes of the contract's DHT message table. `docs/protocol.md` has
 //! every shape with byte-level examples.
 //!

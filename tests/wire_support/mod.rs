@@ -1,9 +1,13 @@
-//! Shared by the `wire_*` tests: sample messages and a tiny hand-rolled ETF builder for frames
-//! the encoder would never write (other atom tags, other key orders, hostile shapes).
+//! Shared by the `wire_*` tests: sample messages (with real publisher seals) and a tiny
+//! hand-rolled ETF builder for frames the encoder would never write (other atom tags, other key
+//! orders, hostile shapes).
 
 #![allow(dead_code)]
 
-use macula_dht::wire::{ErrorReason, NodeInfo, Request, Response};
+use std::sync::OnceLock;
+
+use macula_dht::seal::{Keypair, Removal, Seal};
+use macula_dht::wire::{ErrorReason, NodeInfo, Request, Response, SealedRecord};
 use macula_dht::NodeId;
 
 /// A node info with an id of 32 copies of `byte`.
@@ -19,7 +23,53 @@ pub fn provider(node_id: &[u8], ttl: u32) -> Vec<u8> {
     map(&[(atom("node_id"), bin(node_id)), (atom("ttl"), int(ttl))])
 }
 
+/// The publisher key made from the seed of 32 copies of `seed` (Erlang:
+/// `crypto:generate_key(eddsa, ed25519, binary:copy(<<Seed>>, 32))`).
+pub fn keypair(seed: u8) -> Keypair {
+    Keypair::from_seed(&[seed; 32])
+}
+
+/// `term` under `key`, sealed by the publisher of seed 1.
+pub fn sealed(key: &[u8], term: Vec<u8>, seq: u64, ttl: u32) -> SealedRecord {
+    sealed_by(1, key, term, seq, ttl)
+}
+
+/// `term` under `key`, sealed by the publisher of seed `seed`.
+pub fn sealed_by(seed: u8, key: &[u8], term: Vec<u8>, seq: u64, ttl: u32) -> SealedRecord {
+    let seal = keypair(seed).seal(key, &term, seq, ttl);
+    SealedRecord { term, seal }
+}
+
+/// A `store` of `term` under `key`, sealed by the publisher of seed 1.
+pub fn store(key: &[u8], term: Vec<u8>, seq: u64, ttl: u32) -> Request {
+    Request::Store {
+        key: key.to_vec(),
+        record: sealed(key, term, seq, ttl),
+    }
+}
+
+/// A `remove` of `node_id` under `key`, signed by the publisher of seed 1.
+pub fn remove(key: &[u8], node_id: &[u8], seq: u64) -> Request {
+    Request::Remove {
+        key: key.to_vec(),
+        node_id: node_id.to_vec(),
+        removal: keypair(1).removal(key, node_id, seq),
+    }
+}
+
+/// A provider with binary keys and nested terms (any map is a provider).
+pub fn nested_provider() -> Vec<u8> {
+    map(&[
+        (bin(b"node_id"), bin(b"n2")),
+        (
+            atom("metadata"),
+            map(&[(atom("tags"), list(&[atom("a"), int(7)]))]),
+        ),
+    ])
+}
+
 pub fn sample_requests() -> Vec<Request> {
+    let own = keypair(2).node_id().0;
     vec![
         Request::Ping,
         Request::FindNode {
@@ -29,24 +79,17 @@ pub fn sample_requests() -> Vec<Request> {
             key: vec![0xab; 32],
         },
         Request::FindValue { key: Vec::new() },
-        Request::Store {
-            key: b"k".to_vec(),
-            value: provider(b"n1", 300),
-        },
-        Request::Store {
-            key: vec![1; 1024],
-            // Any map is a provider, binary keys and nested terms included.
-            value: map(&[
-                (bin(b"node_id"), bin(b"n2")),
-                (
-                    atom("metadata"),
-                    map(&[(atom("tags"), list(&[atom("a"), int(7)]))]),
-                ),
-            ]),
-        },
+        store(b"k", provider(b"n1", 300), 1_764_160_000_000, 300),
+        // The largest sequence and ttl, a 1024-byte key, a provider with binary keys.
+        store(&[1; 1024], nested_provider(), u64::MAX, u32::MAX),
+        // The smallest ones, an empty key.
+        store(b"", provider(b"n3", 1), 0, 0),
+        remove(b"k", b"n1", 1_764_160_000_001),
+        // A node id as `node_id`, removed by its own publisher.
         Request::Remove {
-            key: b"k".to_vec(),
-            node_id: b"n1".to_vec(),
+            key: Vec::new(),
+            node_id: own.to_vec(),
+            removal: keypair(2).removal(b"", &own, u64::MAX),
         },
     ]
 }
@@ -65,11 +108,14 @@ pub fn sample_responses() -> Vec<Response> {
             nodes: nodes.clone(),
         },
         Response::Value {
-            providers: vec![provider(b"n1", 300), provider(b"n2", 1 << 20)],
+            providers: vec![
+                sealed(b"k", provider(b"n1", 300), 7, 3600),
+                sealed_by(2, b"k", provider(b"n2", 1 << 20), u64::MAX, u32::MAX),
+            ],
             nodes: Vec::new(),
         },
         Response::Value {
-            providers: vec![provider(b"n1", 300)],
+            providers: vec![sealed(b"k", nested_provider(), 0, 0)],
             nodes: nodes.clone(),
         },
         Response::Value {
@@ -85,12 +131,17 @@ pub fn sample_responses() -> Vec<Response> {
     responses
 }
 
-/// Every sample frame, requests and responses.
+/// Every sample frame, requests and responses (made once: sealing takes a while).
 pub fn sample_frames() -> Vec<Vec<u8>> {
-    let requests = sample_requests().into_iter().map(|r| r.encode());
-    requests
-        .chain(sample_responses().into_iter().map(|r| r.encode()))
-        .collect()
+    static FRAMES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    FRAMES
+        .get_or_init(|| {
+            let requests = sample_requests().into_iter().map(|r| r.encode());
+            requests
+                .chain(sample_responses().into_iter().map(|r| r.encode()))
+                .collect()
+        })
+        .clone()
 }
 
 /// SMALL_ATOM_UTF8_EXT.
@@ -115,13 +166,30 @@ pub fn bin(bytes: &[u8]) -> Vec<u8> {
 
 /// An integer as `term_to_binary` writes it: SMALL_INTEGER, INTEGER, or SMALL_BIG past 2^31 - 1.
 pub fn int(n: u32) -> Vec<u8> {
+    uint(n.into())
+}
+
+/// A 64-bit integer as `term_to_binary` writes it: SMALL_INTEGER, INTEGER, or SMALL_BIG of as
+/// many little-endian bytes as needed past 2^31 - 1.
+pub fn uint(n: u64) -> Vec<u8> {
     if let Ok(small) = u8::try_from(n) {
         vec![97, small]
     } else if let Ok(int) = i32::try_from(n) {
         [&[98][..], &int.to_be_bytes()].concat()
     } else {
-        [&[110, 4, 0][..], &n.to_le_bytes()].concat()
+        let len = 8 - (n.leading_zeros() / 8) as usize;
+        [&[110, len as u8, 0][..], &n.to_le_bytes()[..len]].concat()
     }
+}
+
+/// A SMALL_BIG of the given sign and little-endian magnitude bytes, written as given.
+pub fn small_big(negative: bool, digits: &[u8]) -> Vec<u8> {
+    [&[110, digits.len() as u8, negative as u8][..], digits].concat()
+}
+
+/// The current protocol version as a `v` value.
+pub fn v() -> Vec<u8> {
+    int(2)
 }
 
 pub fn list(items: &[Vec<u8>]) -> Vec<u8> {
@@ -153,13 +221,83 @@ pub fn frame(term: &[u8]) -> Vec<u8> {
     [&[131][..], term].concat()
 }
 
-/// A frame of a map with atom keys: `fields` are `(name, value term)`.
-pub fn msg(fields: &[(&str, Vec<u8>)]) -> Vec<u8> {
+/// A map term with atom keys: `fields` are `(name, value term)`.
+pub fn atom_map(fields: &[(&str, Vec<u8>)]) -> Vec<u8> {
     let fields: Vec<_> = fields
         .iter()
         .map(|(name, value)| (atom(name), value.clone()))
         .collect();
-    frame(&map(&fields))
+    map(&fields)
+}
+
+/// A frame of a map with atom keys: `fields` are `(name, value term)`.
+pub fn msg(fields: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    frame(&atom_map(fields))
+}
+
+/// The `publisher`, `seq`, `ttl` and `sig` fields of a seal, as `(name, value term)`.
+pub fn seal_fields(seal: &Seal) -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("publisher", bin(&seal.publisher)),
+        ("seq", uint(seal.seq)),
+        ("ttl", int(seal.ttl_secs)),
+        ("sig", bin(&seal.sig)),
+    ]
+}
+
+/// The `publisher`, `seq` and `sig` fields of a removal, as `(name, value term)`.
+pub fn removal_fields(removal: &Removal) -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("publisher", bin(&removal.publisher)),
+        ("seq", uint(removal.seq)),
+        ("sig", bin(&removal.sig)),
+    ]
+}
+
+/// The fields of a sealed provider map (`value` and the seal's), as `(name, value term)`.
+pub fn sealed_fields(record: &SealedRecord) -> Vec<(&'static str, Vec<u8>)> {
+    let mut fields = vec![("value", record.term.clone())];
+    fields.extend(seal_fields(&record.seal));
+    fields
+}
+
+/// The fields of a `store` request for `record` under `key`, as `(name, value term)`.
+pub fn store_fields(key: &[u8], record: &SealedRecord) -> Vec<(&'static str, Vec<u8>)> {
+    let mut fields = vec![("v", v()), ("type", atom("store")), ("key", bin(key))];
+    fields.extend(sealed_fields(record));
+    fields
+}
+
+/// The fields of a `remove` request, as `(name, value term)`.
+pub fn remove_fields(
+    key: &[u8],
+    node_id: &[u8],
+    removal: &Removal,
+) -> Vec<(&'static str, Vec<u8>)> {
+    let mut fields = vec![
+        ("v", v()),
+        ("type", atom("remove")),
+        ("key", bin(key)),
+        ("node_id", bin(node_id)),
+    ];
+    fields.extend(removal_fields(removal));
+    fields
+}
+
+/// `fields` with the value of `name` replaced by `value` (added if absent).
+pub fn with(
+    fields: &[(&'static str, Vec<u8>)],
+    name: &'static str,
+    value: Vec<u8>,
+) -> Vec<(&'static str, Vec<u8>)> {
+    let mut out = without(fields, name);
+    out.push((name, value));
+    out
+}
+
+/// `fields` without `name`.
+pub fn without(fields: &[(&'static str, Vec<u8>)], name: &str) -> Vec<(&'static str, Vec<u8>)> {
+    fields.iter().filter(|(n, _)| *n != name).cloned().collect()
 }
 
 /// A node info map term.
