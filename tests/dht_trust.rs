@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use macula_dht::dht::{Action, Outcome, Reply};
 use macula_dht::seal::{Keypair, Removal, Seal};
-use macula_dht::wire::{ErrorReason, NodeInfo, Request, Response, SealedRecord};
+use macula_dht::wire::{ErrorReason, NodeInfo, Request, Response, SealedRecord, WireError};
 use macula_dht::{Dht, DhtConfig, ProviderStore, StoreLimits, Time};
 
 #[path = "engine_support/mod.rs"]
@@ -251,6 +251,31 @@ fn a_lookup_drops_providers_nobody_signed() {
     assert_eq!(found, ["https://victim:443"]);
     assert_eq!(report.providers[0].publisher, Some(*victim.public()));
     assert_eq!(dht.status().stats.forged_in_replies, 2);
+}
+
+#[test]
+fn peers_of_another_protocol_version_are_counted() {
+    let (mut dht, mut s) = node(DhtConfig::default(), StoreLimits::default());
+    let old = keypair(3);
+    let op = dht.contact(&mut s, &[peer(3).addr, peer(4).addr], NOW);
+    let sent = sends(&mut dht);
+    // One answers in version 1, the other refuses our version.
+    let v1 = Reply::Answered {
+        from: old.node_id(),
+        response: Err(WireError::UnsupportedVersion(1)),
+    };
+    dht.handle_reply(&mut s, sent[0], v1, NOW);
+    let refusal = Response::Error {
+        reason: ErrorReason::UnsupportedVersion,
+    };
+    dht.handle_reply(&mut s, sent[1], answered(&keypair(4), refusal), NOW);
+    assert!(matches!(
+        done(&mut dht, op),
+        Some(Outcome::Contacted(Ok(0)) | Outcome::Contacted(Err(_)))
+    ));
+    // The host counts the requests it could not decode.
+    dht.refused_version();
+    assert_eq!(dht.status().stats.refused_version, 3);
 }
 
 #[test]

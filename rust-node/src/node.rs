@@ -150,7 +150,8 @@ pub struct Status {
     /// The protocol version this node speaks ([`macula_dht::wire::PROTOCOL_VERSION`]).
     #[serde(default)]
     pub protocol: u8,
-    /// Requests refused because the peer spoke another protocol version.
+    /// Exchanges with peers of another protocol version (their requests, or their replies to
+    /// ours).
     #[serde(default)]
     pub refused_version: u64,
     /// STOREs and REMOVEs refused: the signature did not verify.

@@ -20,7 +20,7 @@ use crate::record::{hex, service_key, Provider};
 use crate::seal::{Seal, SEAL_LEN};
 use crate::store::StoreError;
 use crate::time::Time;
-use crate::wire::{NodeInfo, Request, Response, SealedRecord};
+use crate::wire::{ErrorReason, NodeInfo, Request, Response, SealedRecord, WireError};
 use crate::NodeId;
 
 /// A running command.
@@ -221,6 +221,9 @@ impl<S: StoreAccess> Cx<'_, S> {
         let result = match reply {
             Reply::Answered { from, response } => {
                 self.observe_answer(from, rpc.addr);
+                if speaks_another_version(&response) {
+                    self.dht.stats.refused_version += 1;
+                }
                 match response {
                     Ok(Response::Error { reason }) => Err(refused(format!(
                         "peer answered with error {}",
@@ -919,4 +922,15 @@ fn refused(detail: String) -> Failure {
         kind: FailureKind::Refused,
         detail,
     }
+}
+
+/// A reply in another protocol version, or one saying that ours is not the peer's.
+fn speaks_another_version(response: &Result<Response, WireError>) -> bool {
+    matches!(
+        response,
+        Err(WireError::UnsupportedVersion(_))
+            | Ok(Response::Error {
+                reason: ErrorReason::UnsupportedVersion
+            })
+    )
 }

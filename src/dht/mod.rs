@@ -314,7 +314,8 @@ pub struct DhtStats {
     pub refused_rate: u64,
     /// Providers in `find_value` replies dropped because their seal did not verify.
     pub forged_in_replies: u64,
-    /// Requests refused because they spoke another protocol version.
+    /// Exchanges with peers of another protocol version: their requests refused here, and
+    /// replies in another version or refusing ours.
     pub refused_version: u64,
 }
 
