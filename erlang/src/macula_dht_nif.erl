@@ -6,7 +6,7 @@
 -module(macula_dht_nif).
 
 -export([new/2, close/1,
-         store_put/3, store_get/2, store_delete/3, store_keys/1, store_expire/1,
+         store_put/3, store_get/2, store_publishers/2, store_delete/3, store_keys/1, store_expire/1,
          table_add/2, table_remove/2, table_closest/3, table_size/1, table_buckets/1,
          stats/1, sha256/1, settings/0,
          identity/1, net_check/1, net_start/3, net_events/2, net_find_value/4, net_store/3,
@@ -42,6 +42,8 @@
                           replacements := non_neg_integer(),
                           lookup_timeout_ms := pos_integer(),
                           request_timeout_ms := pos_integer(),
+                          publisher_share_pct := pos_integer(),
+                          peer_stores_per_s := pos_integer(),
                           atom() => term()}.
 -type address() :: {inet:ip_address(), inet:port_number()}.
 %% A NodeInfo map as `table_add/2' took it (its `node_id' under the atom or the binary key), with
@@ -68,7 +70,16 @@
                    lookup_failures := non_neg_integer(),
                    store_failures := non_neg_integer(),
                    remove_failures := non_neg_integer(),
-                   handoff_failures := non_neg_integer()}.
+                   handoff_failures := non_neg_integer(),
+                   protocol := pos_integer(),
+                   refused_version := non_neg_integer(),
+                   refused_forged := non_neg_integer(),
+                   refused_wrong_publisher := non_neg_integer(),
+                   refused_stale := non_neg_integer(),
+                   refused_replay := non_neg_integer(),
+                   refused_quota := non_neg_integer(),
+                   refused_rate := non_neg_integer(),
+                   forged_in_replies := non_neg_integer()}.
 %% One integer setting of the engine's table: {Name, Default, Min, Max}.
 -type setting() :: {atom(), non_neg_integer(), non_neg_integer(), non_neg_integer()}.
 %% Why the network settings were refused, naming the setting (`listen', `bootstrap', `k', ...).
@@ -78,7 +89,9 @@
                    | {invalid_provider, not_a_map | malformed | invalid_node_id | invalid_ttl}
                    | {key_too_large, Len :: non_neg_integer(), Max :: non_neg_integer()}
                    | {record_too_large, Len :: non_neg_integer(), Max :: non_neg_integer()}
-                   | {limit, max_keys | max_providers_per_key, Max :: non_neg_integer()}.
+                   | {limit, max_keys | max_providers_per_key | max_records | max_bytes,
+                      Max :: non_neg_integer()}
+                   | {stale, Seq :: non_neg_integer(), Held :: non_neg_integer()}.
 
 -spec load() -> ok | {error, {atom(), string()}}.
 load() ->
@@ -124,6 +137,13 @@ store_get(_Node, _Key) -> ?NIF_STUB.
 -spec store_delete(handle(), Key :: term(), NodeId :: term()) ->
           ok | closed | {error, {invalid_key | invalid_node_id, not_a_binary}}.
 store_delete(_Node, _Key, _NodeId) -> ?NIF_STUB.
+
+%% @doc The live providers under `Key' with who published each: the 32-byte public key of the
+%% node whose signature the record carries, or `local' for a record stored here without one.
+-spec store_publishers(handle(), Key :: term()) ->
+          [{provider(), <<_:256>> | local}, ...] | not_found | closed
+        | {error, {invalid_key, not_a_binary} | corrupt_record}.
+store_publishers(_Node, _Key) -> ?NIF_STUB.
 
 -spec store_keys(handle()) -> [binary()].
 store_keys(_Node) -> ?NIF_STUB.

@@ -26,6 +26,8 @@
                     max_key_bytes := pos_integer(),
                     default_ttl := pos_integer(),
                     max_ttl := pos_integer(),
+                    max_records := pos_integer(),
+                    max_bytes := pos_integer(),
                     read_cache := non_neg_integer(),
                     expire_interval_ms := pos_integer(),
                     network := undefined | network()}.
@@ -33,7 +35,9 @@
                      bootstrap := [binary()],
                      identity := binary() | undefined,
                      lookup_timeout_ms := pos_integer(),
-                     request_timeout_ms := pos_integer()}.
+                     request_timeout_ms := pos_integer(),
+                     publisher_share_pct := pos_integer(),
+                     peer_stores_per_s := pos_integer()}.
 -type address() :: {inet:ip_address(), inet:port_number()} | string() | binary().
 -type setting() :: macula_dht_nif:setting().
 -type invalid() :: {error, {invalid_config, Key :: atom(), Value :: term()}}.

@@ -24,7 +24,7 @@
          find_value/3, find_value_local/2,
          handle_message/2, handle_message_async/2]).
 %% Beyond the contract
--export([stats/1, node_id/1, address/1, peers/1, subscribe/2, unsubscribe/1]).
+-export([stats/1, node_id/1, address/1, peers/1, subscribe/2, unsubscribe/1, publishers/2]).
 
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
@@ -43,7 +43,7 @@
                            size := non_neg_integer(),
                            buckets := #{0..255 => [node_info(), ...]}}.
 %% What the API asks `execute/2' for; the raw calls of other modules are some of these.
--type request() :: {get_local, Key :: term()}
+-type request() :: {get_local | publishers, Key :: term()}
                  | {store_local | store, Key :: term(), Provider :: term()}
                  | {delete_local, Key :: term(), NodeId :: term()}
                  | {find_value, Key :: term(), K :: term()}
@@ -60,7 +60,7 @@
                  | peers.
 %% Everything `execute/2' answers; each API function's spec says which part is its own.
 -type reply() :: ok | not_found | error()
-               | {ok, [provider()] | [binary()] | address()}
+               | {ok, [provider()] | [binary()] | address() | [{provider(), binary() | local}]}
                | [node_info()]
                | non_neg_integer()
                | binary()
@@ -173,6 +173,14 @@ store(Server, Key, Provider) -> run(Server, {store, Key, Provider}).
 -spec get_local(server(), binary()) -> {ok, [provider()]} | not_found | error().
 get_local(Server, Key) -> run(Server, {get_local, Key}).
 
+%% @doc The providers under `Key' held here, each with its publisher: the 32-byte public key of
+%% the node that signed it (records from the network, and those this server published with
+%% `store/3' in network mode), or `local' for one stored here without a signature (it is not
+%% served to peers). `get_local/2' returns the same providers without it.
+-spec publishers(server(), binary()) ->
+          {ok, [{provider(), <<_:256>> | local}]} | not_found | error().
+publishers(Server, Key) -> run(Server, {publishers, Key}).
+
 -spec delete_local(server(), binary(), binary()) -> ok | error().
 delete_local(Server, Key, NodeId) -> run(Server, {delete_local, Key, NodeId}).
 
@@ -253,6 +261,11 @@ run(Server, Request) ->
 -spec execute(Request :: term(), #node{}) -> reply() | closed.
 execute({get_local, Key}, #node{handle = H}) ->
     macula_dht_nif:store_get(H, Key);
+execute({publishers, Key}, #node{handle = H}) ->
+    case macula_dht_nif:store_publishers(H, Key) of
+        Pairs when is_list(Pairs) -> {ok, Pairs};
+        Other -> Other
+    end;
 execute({store_local, Key, Provider}, #node{handle = H}) ->
     macula_dht_nif:store_put(H, Key, Provider);
 execute({store, Key, Provider}, #node{handle = H, lookup_timeout = undefined}) ->

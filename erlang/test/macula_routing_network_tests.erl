@@ -15,7 +15,8 @@ parse_network_defaults_test() ->
     {ok, #{network := undefined}} = macula_routing_config:parse(#{k => 20}),
     {ok, #{network := Network}} = macula_routing_config:parse(#{listen => {?LOOPBACK, 0}}),
     ?assertEqual(#{listen => <<"127.0.0.1:0">>, bootstrap => [], identity => undefined,
-                   lookup_timeout_ms => 5000, request_timeout_ms => 2000}, Network).
+                   lookup_timeout_ms => 5000, request_timeout_ms => 2000,
+                   publisher_share_pct => 10, peer_stores_per_s => 2000}, Network).
 
 parse_network_addresses_test() ->
     Config = #{listen => "[::1]:4000",
@@ -150,6 +151,7 @@ single_networked_node_test_() ->
         ?_assertEqual([], macula_routing_server:peers(P)),
         ?_test(alone_it_answers_for_every_key(P)),
         ?_test(stats_have_the_network_counters(P)),
+        ?_test(published_records_carry_the_servers_key(P)),
         ?_test(a_lookup_nobody_answered_is_counted(P)),
         ?_test(subscriptions_are_checked(P))
      ] end}.
@@ -175,8 +177,30 @@ stats_have_the_network_counters(P) ->
      || Name <- [keys, records, bytes, expired, rejected, nodes, nif_allocated_bytes, peers,
                  requests, bad_requests, tombstones, lookups, lookup_timeouts, lookup_p50_us,
                  lookup_p99_us, lookup_failures, store_failures, remove_failures,
-                 handoff_failures]],
-    ?assertEqual(0, maps:get(peers, Stats)).
+                 handoff_failures, refused_version, refused_forged, refused_wrong_publisher,
+                 refused_stale, refused_replay, refused_quota, refused_rate,
+                 forged_in_replies]],
+    ?assertEqual(0, maps:get(peers, Stats)),
+    ?assertEqual(2, maps:get(protocol, Stats)).
+
+%% `store/3' publishes under the server's identity: the record carries its public key, whose
+%% SHA-256 is the node id. `store_local/3' stays local and unsigned. Old callers see plain maps.
+published_records_carry_the_servers_key(P) ->
+    Key = <<"signed">>,
+    Published = #{node_id => <<"pub">>, endpoint => <<"https://pub:1">>},
+    Local = #{node_id => <<"loc">>, endpoint => <<"https://loc:1">>},
+    ok = macula_routing_server:store(P, Key, Published),
+    ok = macula_routing_server:store_local(P, Key, Local),
+    {ok, Pairs} = macula_routing_server:publishers(P, Key),
+    [{Local, local}, {Published, Publisher}] = lists:sort(Pairs),
+    ?assertEqual(macula_routing_server:node_id(P), crypto:hash(sha256, Publisher)),
+    ?assertEqual({ok, [Local, Published]}, macula_routing_server:get_local(P, Key)),
+    ?assertEqual(not_found, macula_routing_server:publishers(P, <<"nothing here">>)),
+    ?assertEqual({error, {invalid_key, not_a_binary}}, macula_routing_server:publishers(P, nope)),
+    %% A provider without node_id names no slot on other nodes: stored here, as before.
+    ok = macula_routing_server:store(P, Key, #{endpoint => <<"https://anon:1">>}),
+    {ok, Three} = macula_routing_server:publishers(P, Key),
+    ?assertEqual(3, length(Three)).
 
 %% Alone, a miss asks no one: the caller gets the old `{ok, []}', and the failure is counted
 %% (and logged), so that it is not mistaken for a service nobody provides.

@@ -175,6 +175,43 @@ pub(crate) fn read_local<'a>(
     })
 }
 
+/// The live providers under `key` with who published each: `[{Provider, Publisher}]`, where
+/// `Publisher` is the 32-byte key of the node whose seal the record carries, or `local` for a
+/// record stored here without one; `not_found` when there are none.
+#[rustler::nif]
+fn store_publishers<'a>(env: Env<'a>, node: &'a Node, key: Term<'a>) -> Term<'a> {
+    let Ok(key) = Binary::from_term(key) else {
+        return reply::invalid_key(env);
+    };
+    if node.is_closed() {
+        return atoms::closed().encode(env);
+    }
+    let now = node.now_ms();
+    let mut list = Vec::new();
+    let publishers: Vec<Option<[u8; 32]>> = {
+        let store = node.store.read();
+        let records = || store.records(key.as_slice(), now);
+        etf::write_list(records().map(|r| r.term), &mut list);
+        records().map(|r| r.seal().map(|s| s.publisher)).collect()
+    };
+    if publishers.is_empty() {
+        return atoms::not_found().encode(env);
+    }
+    let providers: Vec<Term<'a>> = match decode_list(env, &list).map(|l| l.decode()) {
+        Some(Ok(providers)) => providers,
+        _ => return reply::error(env, atoms::corrupt_record()),
+    };
+    let pairs: Vec<Term<'a>> = providers
+        .into_iter()
+        .zip(publishers)
+        .map(|(provider, publisher)| match publisher {
+            Some(p) => (provider, reply::binary(env, &p)).encode(env),
+            None => (provider, atoms::local()).encode(env),
+        })
+        .collect();
+    pairs.encode(env)
+}
+
 #[rustler::nif]
 fn store_delete<'a>(env: Env<'a>, node: &'a Node, key: Term<'a>, node_id: Term<'a>) -> Term<'a> {
     let Ok(key) = Binary::from_term(key) else {

@@ -26,6 +26,7 @@ use std::time::Duration;
 use macula_dht::etf;
 use macula_dht::settings::{self, Setting, SettingError};
 use macula_dht::wire::NodeInfo;
+use macula_dht::wire::PROTOCOL_VERSION;
 use macula_dht_node::config::resolve_addr;
 use macula_dht_node::{
     DhtConfig, Event, Host, Identity, LookupKind, LookupSummary, NodeConfig, NodeError,
@@ -55,7 +56,7 @@ mod net_atoms {
         already_networked, identity, listen, invalid_settings, runtime,
         address, kind, target, providers, queried, failed, hops, elapsed_us, timed_out,
         bootstrap_addrs = "bootstrap", lookup_timeout_ms, request_timeout_ms, alpha,
-        find_node, find_value, no_answer,
+        find_node, find_value, no_answer, publisher_share_pct, peer_stores_per_s,
     }
 }
 
@@ -212,6 +213,14 @@ impl Settings {
                 request_timeout: ms(
                     settings::REQUEST_TIMEOUT_MS,
                     net_atoms::request_timeout_ms(),
+                )?,
+                publisher_share_pct: size(
+                    settings::PUBLISHER_SHARE_PCT,
+                    net_atoms::publisher_share_pct(),
+                )?,
+                peer_stores_per_s: size(
+                    settings::PEER_STORES_PER_S,
+                    net_atoms::peer_stores_per_s(),
                 )?,
                 ..DhtConfig::default()
             },
@@ -435,7 +444,7 @@ fn net_peers<'a>(env: Env<'a>, node: &Node) -> Vec<Term<'a>> {
 }
 
 /// Counters of the network side (zeros without one), as `[{Name, Count}]`.
-pub fn stats(node: &Node) -> [(Atom, u64); 12] {
+pub fn stats(node: &Node) -> [(Atom, u64); 21] {
     let status = node.net().map(|net| net.node.status());
     let get = |f: fn(&macula_dht_node::Status) -> u64| status.as_ref().map_or(0, f);
     [
@@ -451,6 +460,18 @@ pub fn stats(node: &Node) -> [(Atom, u64); 12] {
         (atoms::store_failures(), get(|s| s.store_failures)),
         (atoms::remove_failures(), get(|s| s.remove_failures)),
         (atoms::handoff_failures(), get(|s| s.handoff_failures)),
+        (atoms::protocol(), u64::from(PROTOCOL_VERSION)),
+        (atoms::refused_version(), get(|s| s.refused_version)),
+        (atoms::refused_forged(), get(|s| s.refused_forged)),
+        (
+            atoms::refused_wrong_publisher(),
+            get(|s| s.refused_wrong_publisher),
+        ),
+        (atoms::refused_stale(), get(|s| s.refused_stale)),
+        (atoms::refused_replay(), get(|s| s.refused_replay)),
+        (atoms::refused_quota(), get(|s| s.refused_quota)),
+        (atoms::refused_rate(), get(|s| s.refused_rate)),
+        (atoms::forged_in_replies(), get(|s| s.forged_in_replies)),
     ]
 }
 

@@ -16,7 +16,9 @@ pub mod atoms {
         keys, records, bytes, expired, rejected, nodes, nif_allocated_bytes,
         peers, requests, bad_requests, tombstones, lookups, lookup_timeouts, lookup_p50_us,
         lookup_p99_us, lookup_failures, store_failures, remove_failures, handoff_failures,
-        server, network, max_bootstrap, stale,
+        server, network, max_bootstrap, stale, local, protocol, refused_version, refused_forged,
+        refused_wrong_publisher, refused_stale, refused_replay, refused_quota, refused_rate,
+        forged_in_replies,
     }
 }
 
