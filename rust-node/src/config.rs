@@ -17,6 +17,10 @@
 //! log = "info"
 //! request_timeout_ms = 2000
 //! lookup_timeout_ms = 5000
+//! max_records = 1000000
+//! max_bytes = 536870912
+//! publisher_share_pct = 10
+//! peer_stores_per_s = 2000
 //! ```
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -152,6 +156,14 @@ pub struct RunOptions {
     pub request_timeout_ms: Option<u64>,
     /// `--lookup-timeout-ms` ([`settings::LOOKUP_TIMEOUT_MS`]).
     pub lookup_timeout_ms: Option<u64>,
+    /// `--max-records` ([`settings::MAX_RECORDS`]).
+    pub max_records: Option<usize>,
+    /// `--max-bytes` ([`settings::MAX_BYTES`]).
+    pub max_bytes: Option<usize>,
+    /// `--publisher-share-pct` ([`settings::PUBLISHER_SHARE_PCT`]).
+    pub publisher_share_pct: Option<usize>,
+    /// `--peer-stores-per-s` ([`settings::PEER_STORES_PER_S`]).
+    pub peer_stores_per_s: Option<usize>,
 }
 
 impl RunOptions {
@@ -180,6 +192,10 @@ impl RunOptions {
             log: self.log.or(file.log),
             request_timeout_ms: self.request_timeout_ms.or(file.request_timeout_ms),
             lookup_timeout_ms: self.lookup_timeout_ms.or(file.lookup_timeout_ms),
+            max_records: self.max_records.or(file.max_records),
+            max_bytes: self.max_bytes.or(file.max_bytes),
+            publisher_share_pct: self.publisher_share_pct.or(file.publisher_share_pct),
+            peer_stores_per_s: self.peer_stores_per_s.or(file.peer_stores_per_s),
         }
     }
 
@@ -219,6 +235,18 @@ impl RunOptions {
         }
         if let Some(ms) = self.lookup_timeout_ms {
             dht.lookup_timeout = Duration::from_millis(settings::LOOKUP_TIMEOUT_MS.check(ms)?);
+        }
+        if let Some(pct) = self.publisher_share_pct {
+            dht.publisher_share_pct = settings::PUBLISHER_SHARE_PCT.check_usize(pct)?;
+        }
+        if let Some(rate) = self.peer_stores_per_s {
+            dht.peer_stores_per_s = settings::PEER_STORES_PER_S.check_usize(rate)?;
+        }
+        if let Some(n) = self.max_records {
+            node.store.max_records = settings::MAX_RECORDS.check_usize(n)?;
+        }
+        if let Some(n) = self.max_bytes {
+            node.store.max_bytes = settings::MAX_BYTES.check_usize(n)?;
         }
         Ok(RunSettings {
             listen,
@@ -307,12 +335,14 @@ mod tests {
     fn flags_override_the_file() {
         let file: RunOptions = toml::from_str(
             "listen = \"127.0.0.1:1\"\nbootstrap = [\"127.0.0.1:2\"]\nk = 8\nalpha = 2\n\
-             lookup_timeout_ms = 750\n",
+             lookup_timeout_ms = 750\nmax_records = 5000\npublisher_share_pct = 20\n",
         )
         .unwrap();
         let flags = RunOptions {
             listen: Some("127.0.0.1:5".into()),
             alpha: Some(4),
+            publisher_share_pct: Some(5),
+            peer_stores_per_s: Some(50),
             ..RunOptions::default()
         };
         let s = flags.over(file).resolve().unwrap();
@@ -320,6 +350,9 @@ mod tests {
         assert_eq!(s.bootstrap, vec!["127.0.0.1:2".parse().unwrap()]);
         assert_eq!((s.node.dht.k, s.node.dht.alpha), (8, 4));
         assert_eq!(s.node.dht.lookup_timeout, Duration::from_millis(750));
+        assert_eq!(s.node.store.max_records, 5000);
+        assert_eq!(s.node.dht.publisher_share_pct, 5);
+        assert_eq!(s.node.dht.peer_stores_per_s, 50);
     }
 
     #[test]
@@ -345,6 +378,15 @@ mod tests {
         assert!(matches!(
             no_time.resolve(),
             Err(ConfigError::Setting(e)) if e.setting() == "lookup_timeout_ms"
+        ));
+        let no_share = RunOptions {
+            listen: Some("127.0.0.1:0".into()),
+            publisher_share_pct: Some(101),
+            ..RunOptions::default()
+        };
+        assert!(matches!(
+            no_share.resolve(),
+            Err(ConfigError::Setting(e)) if e.setting() == "publisher_share_pct"
         ));
         let bad_addr = RunOptions {
             listen: Some("nonsense".into()),

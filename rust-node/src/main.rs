@@ -79,6 +79,18 @@ struct RunArgs {
     /// Longest a lookup runs before it answers with what it found, in milliseconds.
     #[arg(long, value_name = "MS")]
     lookup_timeout_ms: Option<u64>,
+    /// Most provider records the store holds.
+    #[arg(long, value_name = "N")]
+    max_records: Option<usize>,
+    /// Most bytes of keys, records and seals the store holds.
+    #[arg(long, value_name = "BYTES")]
+    max_bytes: Option<usize>,
+    /// Percent of the store's records and bytes one other publisher may hold.
+    #[arg(long, value_name = "PCT")]
+    publisher_share_pct: Option<usize>,
+    /// STOREs per second one peer may send (bursts of five seconds' worth pass).
+    #[arg(long, value_name = "N")]
+    peer_stores_per_s: Option<usize>,
 }
 
 #[derive(Args)]
@@ -188,6 +200,10 @@ fn with_setting_ranges(cli: clap::Command) -> clap::Command {
             settings::ALPHA,
             settings::REQUEST_TIMEOUT_MS,
             settings::LOOKUP_TIMEOUT_MS,
+            settings::MAX_RECORDS,
+            settings::MAX_BYTES,
+            settings::PUBLISHER_SHARE_PCT,
+            settings::PEER_STORES_PER_S,
         ]
         .into_iter()
         .fold(run, |run, setting| {
@@ -243,6 +259,10 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         log: args.log,
         request_timeout_ms: args.request_timeout_ms,
         lookup_timeout_ms: args.lookup_timeout_ms,
+        max_records: args.max_records,
+        max_bytes: args.max_bytes,
+        publisher_share_pct: args.publisher_share_pct,
+        peer_stores_per_s: args.peer_stores_per_s,
     };
     let file = match &args.config {
         Some(path) => RunOptions::from_file(path)?,
@@ -467,6 +487,11 @@ fn print_status(reply: CtlResponse, json: bool) -> Result<ExitCode, Failure> {
     } else {
         writeln!(out, "id: {}", status.id)?;
         writeln!(out, "addr: {}", status.addr)?;
+        writeln!(
+            out,
+            "protocol: {} ({} exchanges with peers of other versions refused)",
+            status.protocol, status.refused_version
+        )?;
         writeln!(out, "peers: {}", status.peers)?;
         writeln!(out, "keys: {}", status.keys)?;
         writeln!(out, "records: {}", status.records)?;
@@ -479,8 +504,29 @@ fn print_status(reply: CtlResponse, json: bool) -> Result<ExitCode, Failure> {
         )?;
         writeln!(
             out,
-            "lookups: {} ({} timed out), p50 {} us, p99 {} us",
-            status.lookups, status.lookup_timeouts, status.lookup_p50_us, status.lookup_p99_us
+            "lookups: {} ({} timed out, {} unanswered), p50 {} us, p99 {} us",
+            status.lookups,
+            status.lookup_timeouts,
+            status.lookup_failures,
+            status.lookup_p50_us,
+            status.lookup_p99_us
+        )?;
+        writeln!(
+            out,
+            "refused: {} forged, {} wrong publisher, {} stale, {} replayed, {} over quota, {} \
+             too fast; {} forged providers dropped from replies",
+            status.refused_forged,
+            status.refused_wrong_publisher,
+            status.refused_stale,
+            status.refused_replay,
+            status.refused_quota,
+            status.refused_rate,
+            status.forged_in_replies
+        )?;
+        writeln!(
+            out,
+            "not acknowledged: {} stores, {} removes; {} hand-offs stopped",
+            status.store_failures, status.remove_failures, status.handoff_failures
         )?;
     }
     Ok(ExitCode::SUCCESS)
