@@ -107,7 +107,7 @@ pub enum CtlResponse {
     /// acknowledged.
     Published(Published),
     /// The reply to `status`.
-    Status(Status),
+    Status(Box<Status>),
     /// The reply to `discover`.
     Providers {
         /// The providers found, this node's own store first; empty when none was found.
@@ -324,7 +324,7 @@ async fn execute(node: &Node, request: CtlRequest) -> CtlResponse {
                 Err(e) => error(&e.to_string()),
             };
         }
-        CtlRequest::Status => return CtlResponse::Status(node.status()),
+        CtlRequest::Status => return CtlResponse::Status(Box::new(node.status())),
     };
     match result {
         Ok(published) => CtlResponse::Published(published),

@@ -59,8 +59,14 @@ fn a_hostile_peer_cannot_forge_remove_replay_inject_or_flood() {
     assert_eq!(victims.len(), 2);
     for victim in &victims {
         let attacks = [
-            (hostile.forged_store(&victim_key, victim), "forged_signature"),
-            (hostile.forged_remove(&victim_key, victim), "forged_signature"),
+            (
+                hostile.forged_store(&victim_key, victim),
+                "forged_signature",
+            ),
+            (
+                hostile.forged_remove(&victim_key, victim),
+                "forged_signature",
+            ),
             (
                 hostile.wrong_publisher_store(&victim_key, victim),
                 "wrong_publisher",
@@ -98,9 +104,12 @@ fn a_hostile_peer_cannot_forge_remove_replay_inject_or_flood() {
     for node in &addrs {
         assert_eq!(rt.block_on(replica.send(*node, &Request::Ping)), "pong");
     }
-    wait_for(&mut procs, &nodes, "the hostile replica in every table", |s| {
-        s["peers"].as_u64() == Some(NODES as u64)
-    });
+    wait_for(
+        &mut procs,
+        &nodes,
+        "the hostile replica in every table",
+        |s| s["peers"].as_u64() == Some(NODES as u64),
+    );
     for node in &nodes {
         // More providers wanted than exist: the lookup asks every node, the replica included.
         let found = ctl_discover(&mut procs, node, "svc.victim", 5);
@@ -158,8 +167,14 @@ fn a_hostile_peer_cannot_forge_remove_replay_inject_or_flood() {
         assert!(n("forged_in_replies") >= 4, "{} {s}", node.name);
     }
     let s = status(&mut procs, &nodes[0]);
-    assert_eq!(s["refused_quota"].as_u64(), Some(refused("over_quota") as u64));
-    assert_eq!(s["refused_rate"].as_u64(), Some(refused("rate_limited") as u64));
+    assert_eq!(
+        s["refused_quota"].as_u64(),
+        Some(refused("over_quota") as u64)
+    );
+    assert_eq!(
+        s["refused_rate"].as_u64(),
+        Some(refused("rate_limited") as u64)
+    );
     assert!(s["records"].as_u64().unwrap() <= MAX_RECORDS as u64);
     rt.block_on(replica.close());
 }
@@ -202,12 +217,20 @@ fn ctl(procs: &mut Procs, node: &NodeProc, args: &[&str]) -> String {
     let mut full = vec!["ctl", "--socket", &socket];
     full.extend_from_slice(args);
     let ran = procs.run(&full, COMMAND_TIMEOUT);
-    assert!(ran.status.success(), "ctl {args:?} on {}: {ran:?}", node.name);
+    assert!(
+        ran.status.success(),
+        "ctl {args:?} on {}: {ran:?}",
+        node.name
+    );
     ran.stdout
 }
 
 fn advertise(procs: &mut Procs, node: &NodeProc, service: &str, endpoint: &str) {
-    let out = ctl(procs, node, &["advertise", service, endpoint, "--ttl", "300"]);
+    let out = ctl(
+        procs,
+        node,
+        &["advertise", service, endpoint, "--ttl", "300"],
+    );
     assert!(out.contains("acknowledged by 3 of 3"), "{out}");
 }
 

@@ -128,7 +128,12 @@ impl Hostile {
     ) -> Result<Arc<AtomicU64>, String> {
         let injected: Vec<SealedRecord> = victims
             .iter()
-            .flat_map(|v| [self.forged_store(key, v), self.wrong_publisher_store(key, v)])
+            .flat_map(|v| {
+                [
+                    self.forged_store(key, v),
+                    self.wrong_publisher_store(key, v),
+                ]
+            })
             .filter_map(|request| match request {
                 Request::Store { record, .. } => Some(record),
                 _ => None,

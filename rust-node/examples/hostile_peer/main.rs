@@ -109,7 +109,10 @@ async fn run(command: Command) -> Result<(), String> {
                 let requests = [
                     ("forged_store", hostile.forged_store(&key, victim)),
                     ("forged_remove", hostile.forged_remove(&key, victim)),
-                    ("wrong_publisher", hostile.wrong_publisher_store(&key, victim)),
+                    (
+                        "wrong_publisher",
+                        hostile.wrong_publisher_store(&key, victim),
+                    ),
                 ];
                 for (attack, request) in &requests {
                     for node in &nodes {
