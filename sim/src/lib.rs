@@ -35,8 +35,8 @@ use std::time::Duration;
 
 use macula_dht::dht::{Action, Event, Outcome, Reply, Started};
 use macula_dht::record::{service_key, Advertisement, Provider};
-use macula_dht::wire::{NodeInfo, Request, Response};
 use macula_dht::seal::Keypair;
+use macula_dht::wire::{NodeInfo, Request, Response};
 use macula_dht::{Dht, DhtConfig, NodeId, OpId, ProviderStore, RpcId, StoreLimits, Time};
 
 pub use link::Links;
