@@ -26,11 +26,12 @@ test-rust:
 # Dialyzer (the application, then the demo modules against it), EUnit, then the multi-node
 # suites (Common Test), which run rust-node processes beside BEAM VMs.
 test-erlang: deps
-	cargo build --release -p macula_dht_node
+	cargo build --release -p macula_dht_node --bins --example hostile_peer
 	$(REBAR) dialyzer
 	./scripts/dialyzer-demo.escript
 	$(REBAR) eunit
-	cd $(ERLANG_DIR) && MACULA_RUST_NODE=$(CURDIR)/target/release/rust-node rebar3 ct
+	cd $(ERLANG_DIR) && MACULA_RUST_NODE=$(CURDIR)/target/release/rust-node \
+		MACULA_HOSTILE_PEER=$(CURDIR)/target/release/examples/hostile_peer rebar3 ct
 
 test-fuzz:
 	./scripts/fuzz.sh $(TEST_FUZZ_SECONDS)

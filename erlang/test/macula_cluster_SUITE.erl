@@ -16,7 +16,8 @@
          removal_reaches_every_node/1,
          expiry_reaches_every_node/1,
          kill9_loses_nothing_of_the_survivors/1,
-         atoms_unknown_to_a_reader_arrive_as_binaries/1]).
+         atoms_unknown_to_a_reader_arrive_as_binaries/1,
+         a_hostile_peer_changes_nothing/1]).
 
 -include_lib("stdlib/include/assert.hrl").
 
@@ -31,6 +32,11 @@
 %% Seconds a record lives in the expiry case; short, but long enough to be seen everywhere first.
 -define(SHORT_TTL, 3).
 -define(TTL, 300).
+%% Store caps of every node: another publisher may hold 10 % of them (200 records) and send
+%% 100 STOREs a second (bursts of 500).
+-define(MAX_RECORDS, 2000).
+-define(SHARE, 200).
+-define(STORES_PER_S, 100).
 
 all() ->
     [services_cross_between_kinds,
@@ -38,7 +44,8 @@ all() ->
      removal_reaches_every_node,
      expiry_reaches_every_node,
      kill9_loses_nothing_of_the_survivors,
-     atoms_unknown_to_a_reader_arrive_as_binaries].
+     atoms_unknown_to_a_reader_arrive_as_binaries,
+     a_hostile_peer_changes_nothing].
 
 suite() ->
     [{timetrap, {minutes, 2}}].
@@ -120,7 +127,7 @@ kill9_loses_nothing_of_the_survivors(Config) ->
     [B1, R1, B2, R2, B3, R3] = Nodes = cluster(Config),
     Victims = [B3, R3],
     Survivors = [B1, R1, B2, R2],
-    Services = [{Node, service_held_by(Node, Victims, Nodes)} || Node <- Survivors],
+    Services = [{Node, service_held_by(<<"kill9">>, Node, Victims, Nodes)} || Node <- Survivors],
     ct:log("services of the survivors, and their replicas: ~p",
            [[{name(N), S, [name(H) || H <- replicas(N, S, Nodes)]} || {N, S} <- Services]]),
     _ = [advertise(Node, Service, ?TTL) || {Node, Service} <- Services],
@@ -154,6 +161,108 @@ atoms_unknown_to_a_reader_arrive_as_binaries(Config) ->
      end || Reader <- [B2, B3]],
     ok.
 
+%% A peer with a valid identity of its own (`hostile_peer', speaking the protocol directly)
+%% attacks the records of a BEAM provider and a Rust provider on every node:
+%% 1. a forged STORE under each provider's slot, a forged REMOVE of it, and a STORE naming the
+%%    provider's node id signed by the hostile key are refused by every node;
+%% 2. a record captured before its publisher removed it, replayed to the nodes that held it, is
+%%    refused by each;
+%% 3. a flood of valid STOREs at a BEAM node and at a Rust node is refused past the flooder's
+%%    share and rate, while an honest STORE to both during the flood is taken;
+%% 4. a hostile replica close to the key answers every lookup with providers their publishers
+%%    never signed: every node's lookup drops them, and still finds both honest providers.
+%% Every refusal is counted in `stats/1' and `ctl status'.
+a_hostile_peer_changes_nothing(Config) ->
+    [B1, R1, B2, R2, B3, R3] = Nodes = cluster(Config),
+    Harness = proplists:get_value(harness, Config),
+    Hostile = macula_cluster_harness:hostile_peer_binary(),
+    filelib:is_regular(Hostile) orelse ct:fail({hostile_peer_not_built, Hostile}),
+    Victim = <<"trust.victim">>,
+    advertise(B1, Victim, ?TTL),
+    advertise(R1, Victim, ?TTL),
+    everywhere(Nodes, Victim, [B1, R1]),
+
+    %% 1. Forgeries: 2 providers x 3 attacks x 6 nodes.
+    Expected = #{<<"forged_store">> => <<"forged_signature">>,
+                 <<"forged_remove">> => <<"forged_signature">>,
+                 <<"wrong_publisher">> => <<"wrong_publisher">>},
+    Attacks = hostile(Harness, ["attack", "--service", Victim | node_args(Nodes)]),
+    ?assertEqual(2 * 3 * length(Nodes), length(Attacks)),
+    _ = [?assertEqual({Attack, Node, maps:get(Attack, Expected)}, {Attack, Node, Answer})
+         || [Attack, Node, Answer] <- Attacks],
+
+    %% 2. A replay after the removal, to every node that held the record.
+    Gone = <<"trust.gone">>,
+    advertise(B2, Gone, ?TTL),
+    everywhere(Nodes, Gone, [B2]),
+    Captured = filename:join(macula_cluster_harness:dir(Harness), "gone.etf"),
+    Holders = [Addr || [<<"held_by">>, Addr] <- hostile(Harness, ["capture", "--service", Gone,
+                                                                  "--out", Captured
+                                                                  | node_args(Nodes)])],
+    ct:log("~ts held by ~ts", [Gone, lists:join(" ", Holders)]),
+    ?assert(length(Holders) > 1),
+    remove(B2, Gone),
+    everywhere(Nodes, Gone, []),
+    Replays = hostile(Harness, ["replay", "--service", Gone, "--from", Captured
+                                | lists:append([["--node", A] || A <- Holders])]),
+    ?assertEqual([[<<"replay">>, A, <<"removed">>] || A <- Holders], Replays),
+
+    %% 3. Floods at B3 and R3; an honest STORE reaches both during the second one.
+    First = [flood(Harness, N, 3 * ?SHARE) || N <- [B3, R3]],
+    _ = [?assertMatch(#{<<"accepted">> := ?SHARE, <<"over_quota">> := _}, F) || F <- First],
+    During = service_held_by(<<"trust.during">>, R2, [B3, R3], Nodes),
+    Parent = self(),
+    Flooders = [spawn_link(fun() -> Parent ! {self(), flood(Harness, N, 5 * ?STORES_PER_S)} end)
+                || N <- [B3, R3]],
+    advertise(R2, During, ?TTL),
+    Second = [receive {F, Tally} -> Tally after 60000 -> ct:fail(flood_timeout) end
+              || F <- Flooders],
+    _ = [?assertEqual(0, maps:get(<<"accepted">>, F, 0)) || F <- Second],
+    [B3Addr, R3Addr] = [binary_to_list(A) || #{addr := A} <- [B3, R3]],
+    ?assertMatch([[<<"held_by">>, _], [<<"held_by">>, _]],
+                 hostile(Harness, ["capture", "--service", During, "--out", Captured,
+                                   "--node", B3Addr, "--node", R3Addr])),
+    _ = [begin
+             Refused = fun(Answer) -> maps:get(Answer, A, 0) + maps:get(Answer, B, 0) end,
+             ?assertEqual(Refused(<<"over_quota">>), counter(N, refused_quota)),
+             ?assertEqual(Refused(<<"rate_limited">>), counter(N, refused_rate)),
+             ?assert(Refused(<<"rate_limited">>) > 0),
+             ?assert(counter(N, records) =< ?MAX_RECORDS)
+         end || {N, A, B} <- lists:zip3([B3, R3], First, Second)],
+
+    %% 4. A hostile replica near the key, in every node's table while every node looks up.
+    Injector = spawn_link(fun() ->
+                                  Parent ! {self(), hostile(Harness, ["inject", "--service", Victim,
+                                                                      "--for", "15"
+                                                                      | node_args(Nodes)])}
+                          end),
+    %% More providers wanted than there are: a lookup asks the key's closest nodes, the replica
+    %% among them once a node near it has let it into its table.
+    Honest = lists:sort(ids([B1, R1])),
+    macula_cluster_harness:wait_each(
+      injections_dropped,
+      fun(N) ->
+              ?assertEqual(Honest, discover(N, Victim, 5)),
+              case counter(N, forged_in_replies) of
+                  Dropped when Dropped >= 4 -> {ok, Dropped};
+                  Dropped -> {wait, Dropped}
+              end
+      end, Nodes, ?WAIT_MS),
+    Injected = receive {Injector, Lines} -> Lines after 60000 -> ct:fail(inject_timeout) end,
+    [[<<"served">>, Served]] = [L || [<<"served">> | _] = L <- Injected],
+    ?assert(binary_to_integer(Served) >= length(Nodes)),
+
+    %% Every node counted what it refused.
+    _ = [begin
+             ?assertEqual(2, counter(N, protocol)),
+             ?assertEqual({name(N), 4}, {name(N), counter(N, refused_forged)}),
+             ?assertEqual({name(N), 2}, {name(N), counter(N, refused_wrong_publisher)}),
+             ?assert(counter(N, forged_in_replies) >= 4)
+         end || N <- Nodes],
+    _ = [?assertEqual({A, 1}, {A, counter(N, refused_replay)})
+         || #{addr := A} = N <- Nodes, lists:member(A, Holders)],
+    ok.
+
 %%--------------------------------------------------------------------------------------------
 %% The cluster
 %%--------------------------------------------------------------------------------------------
@@ -179,10 +288,14 @@ start_cluster(Harness) ->
 
 start_node(Harness, [$b | _] = Name, Started) ->
     Bootstrap = [binary_to_list(Addr) || #{addr := Addr} <- previous(Started)],
-    macula_cluster_harness:start_beam(Harness, Name, #{k => ?K, bootstrap => Bootstrap});
+    macula_cluster_harness:start_beam(Harness, Name, #{k => ?K, bootstrap => Bootstrap,
+                                                       max_records => ?MAX_RECORDS,
+                                                       peer_stores_per_s => ?STORES_PER_S});
 start_node(Harness, [$r | _] = Name, Started) ->
     Bootstrap = lists:append([["--bootstrap", binary_to_list(Addr)] || #{addr := Addr} <- previous(Started)]),
-    macula_cluster_harness:start_rust(Harness, Name, ["--k", integer_to_list(?K) | Bootstrap]).
+    Caps = ["--max-records", integer_to_list(?MAX_RECORDS),
+            "--peer-stores-per-s", integer_to_list(?STORES_PER_S)],
+    macula_cluster_harness:start_rust(Harness, Name, ["--k", integer_to_list(?K) | Caps ++ Bootstrap]).
 
 %% The node started last, the one the next node joins through.
 previous([]) -> [];
@@ -216,6 +329,37 @@ wait_for(What, Observe, Expected) ->
                   Other -> {wait, Other}
               end
       end, ?WAIT_MS).
+
+%%--------------------------------------------------------------------------------------------
+%% The hostile peer
+%%--------------------------------------------------------------------------------------------
+
+%% `hostile_peer Args...': its output lines, split into words. It must exit 0.
+hostile(Harness, Args) ->
+    {Status, Output} = macula_cluster_harness:hostile_peer(Harness, [to_list(A) || A <- Args],
+                                                           60000),
+    ct:log("hostile_peer ~ts: ~ts", [lists:join(" ", [to_list(A) || A <- Args]), Output]),
+    ?assertEqual(0, Status),
+    [binary:split(Line, <<" ">>, [global]) || Line <- binary:split(Output, <<"\n">>, [global, trim_all])].
+
+node_args(Nodes) ->
+    lists:append([["--node", binary_to_list(Addr)] || #{addr := Addr} <- Nodes]).
+
+%% `Count' STOREs of new records of the hostile peer's own at `Node' (from one identity in the
+%% whole case): how many got each answer.
+flood(Harness, #{addr := Addr}, Count) ->
+    Identity = filename:join(macula_cluster_harness:dir(Harness), "flooder.key"),
+    [[<<"flood">>, Addr | Counts]] = hostile(Harness, ["flood", "--records", integer_to_list(Count),
+                                                       "--node", binary_to_list(Addr),
+                                                       "--identity", Identity]),
+    maps:from_list([{Answer, binary_to_integer(N)}
+                    || C <- Counts, [Answer, N] <- [binary:split(C, <<"=">>)]]).
+
+%% A counter of `stats/1' (BEAM) or `ctl status' (Rust).
+counter(#{kind := beam} = Node, Name) ->
+    maps:get(Name, beam_call(Node, macula_routing_server, stats, [macula_routing_server]));
+counter(#{kind := rust} = Node, Name) ->
+    status_integer(Node, atom_to_binary(Name)).
 
 %%--------------------------------------------------------------------------------------------
 %% Advertising and discovery on either kind of node
@@ -313,12 +457,12 @@ hex_prefix(Id) ->
 %% Replica placement
 %%--------------------------------------------------------------------------------------------
 
-%% Of the names `kill9.<advertiser>.<N>' (N < 200), the first with the most victims among its
-%% replicas.
-service_held_by(Advertiser, Victims, Nodes) ->
-    Scored = [{-length([V || V <- Victims, lists:member(V, replicas(Advertiser, S, Nodes))]), N, S}
+%% Of the names `<Prefix>.<advertiser>.<N>' (N < 200), the first with the most of `Wanted' among
+%% its replicas.
+service_held_by(Prefix, Advertiser, Wanted, Nodes) ->
+    Scored = [{-length([V || V <- Wanted, lists:member(V, replicas(Advertiser, S, Nodes))]), N, S}
               || N <- lists:seq(0, 199),
-                 S <- [iolist_to_binary(["kill9.", name(Advertiser), ".", integer_to_list(N)])]],
+                 S <- [iolist_to_binary([Prefix, ".", name(Advertiser), ".", integer_to_list(N)])]],
     {_, _, Service} = lists:min(Scored),
     Service.
 

@@ -4,8 +4,8 @@
 %% One owner process per test case starts every peer VM and `rust-node run' process and records
 %% it, so that `stop_all/1' (from `end_per_testcase') ends each one by its id even when the case
 %% crashed; `stop_leftover/0' does the same for a case whose `init_per_testcase' failed.
-%% `rust-node ctl' commands run in the caller's process, bounded, and are recorded with the owner
-%% while they run. The owner also holds the case's temporary directory (identity
+%% `rust-node ctl' and `hostile_peer' commands run in the caller's process, bounded, and are
+%% recorded with the owner while they run. The owner also holds the case's temporary directory (identity
 %% keys, ctl sockets), removed by `stop_all/1'.
 %%
 %% A node is a map: `#{kind := beam | rust, name, os_pid, addr := <<"127.0.0.1:Port">>,
@@ -15,8 +15,8 @@
 -behaviour(gen_server).
 
 -export([check_binary/1, start/0, stop_all/1, stop_leftover/0, dir/1, rust_node_binary/0,
-         start_beam/3, start_rust/3, stop_rust/1,
-         beam_call/4, ctl/2, signal/2, is_os_process_alive/1,
+         hostile_peer_binary/0, start_beam/3, start_rust/3, stop_rust/1,
+         beam_call/4, ctl/2, hostile_peer/3, signal/2, is_os_process_alive/1,
          wait_until/3, wait_each/4, ids/1]).
 
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
@@ -86,6 +86,16 @@ rust_node_binary() ->
     case os:getenv("MACULA_RUST_NODE") of
         Path when is_list(Path), Path =/= "" -> filename:absname(Path);
         _ -> filename:join([app_dir(), "..", "target", "release", "rust-node"])
+    end.
+
+%% @doc The `hostile_peer' example of rust-node (a peer that attacks others' records):
+%% `$MACULA_HOSTILE_PEER', by default `../target/release/examples/hostile_peer' relative to the
+%% Erlang application's directory.
+-spec hostile_peer_binary() -> string().
+hostile_peer_binary() ->
+    case os:getenv("MACULA_HOSTILE_PEER") of
+        Path when is_list(Path), Path =/= "" -> filename:absname(Path);
+        _ -> filename:join([app_dir(), "..", "target", "release", "examples", "hostile_peer"])
     end.
 
 %% rebar3 builds the application into `<app dir>/_build/<profile>/lib/macula_dht'.
@@ -166,14 +176,19 @@ ids(Nodes) ->
 %% @doc `rust-node ctl --socket S Args...' on a Rust node: `{ExitStatus | timeout, Output}'
 %% (stdout and stderr).
 -spec ctl(map(), [string()]) -> {integer() | timeout, binary()}.
-ctl(#{kind := rust, socket := Socket} = Node, Args) ->
-    rust_command(Node, ["ctl", "--socket", Socket | Args], ?COMMAND_TIMEOUT_MS).
+ctl(#{kind := rust, socket := Socket, harness := Harness}, Args) ->
+    command(Harness, rust_node_binary(), ["ctl", "--socket", Socket | Args], ?COMMAND_TIMEOUT_MS).
 
-%% Runs `rust-node Args...' to completion within `Timeout' ms (killed by its pid after
-%% that), recorded with the node's owner while it runs.
--spec rust_command(map(), [string()], pos_integer()) -> {integer() | timeout, binary()}.
-rust_command(#{harness := Harness}, Args, Timeout) ->
-    Port = open_port({spawn_executable, rust_node_binary()},
+%% @doc `hostile_peer Args...' to completion within `Timeout' ms: `{ExitStatus | timeout, Output}'.
+-spec hostile_peer(pid(), [string()], pos_integer()) -> {integer() | timeout, binary()}.
+hostile_peer(Harness, Args, Timeout) ->
+    command(Harness, hostile_peer_binary(), Args, Timeout).
+
+%% Runs `Binary Args...' to completion within `Timeout' ms (killed by its pid after that),
+%% recorded with the owner while it runs.
+-spec command(pid(), string(), [string()], pos_integer()) -> {integer() | timeout, binary()}.
+command(Harness, Binary, Args, Timeout) ->
+    Port = open_port({spawn_executable, Binary},
                      [{args, Args}, exit_status, binary, use_stdio, stderr_to_stdout]),
     {os_pid, OsPid} = erlang:port_info(Port, os_pid),
     gen_server:cast(Harness, {command, OsPid, running}),

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use macula_dht::etf::Writer;
 use macula_dht::provider::ProviderRecord;
@@ -17,7 +18,7 @@ use macula_dht::seal::Keypair;
 use macula_dht::wire::{Request, Response, SealedRecord};
 use macula_dht::NodeId;
 use macula_dht_node::transport::Peer;
-use macula_dht_node::{id_hex, service_key, Endpoint, Identity, TransportConfig};
+use macula_dht_node::{service_key, Endpoint, Identity, TransportConfig};
 
 /// Where the forged and injected records send callers.
 pub const EVIL_ENDPOINT: &str = "https://evil.example:443";
@@ -28,6 +29,9 @@ pub struct Hostile {
     keypair: Keypair,
     /// Records flooded so far: each flood sends new ones.
     flooded: AtomicUsize,
+    /// When it was bound (nanoseconds since the epoch), in the keys it floods, so that runs with
+    /// one identity flood new records too.
+    started: u128,
 }
 
 /// How many flood STOREs got each answer (`accepted`, `over_quota`, `rate_limited`, ...).
@@ -44,6 +48,9 @@ impl Hostile {
             endpoint,
             keypair,
             flooded: AtomicUsize::new(0),
+            started: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
         })
     }
 
@@ -173,7 +180,7 @@ impl Hostile {
         let frames: Arc<Vec<Vec<u8>>> = Arc::new(
             (first..first + count)
                 .map(|i| {
-                    let key = service_key(&format!("flood.{i}.{}", id_hex(&self.id())));
+                    let key = service_key(&format!("flood.{}.{i}", self.started));
                     let term = provider_term(&own, "https://flood.example:1", 300);
                     let seal = self.keypair.seal(&key, &term, 1, 300);
                     let record = SealedRecord { term, seal };

@@ -8,7 +8,7 @@
 //! hostile_peer capture --service S --out FILE --node ADDR...   keep the signed records held now
 //! hostile_peer replay  --from FILE --service S --node ADDR...  store them again
 //! hostile_peer inject  --service S --for SECS --node ADDR...   answer lookups with forgeries
-//! hostile_peer flood   --records N --node ADDR                 STOREs of its own, beyond quota
+//! hostile_peer flood   --records N --node ADDR [--identity F]  STOREs of its own, beyond quota
 //! ```
 //!
 //! Only for testing one's own nodes on a test network.
@@ -72,12 +72,16 @@ enum Command {
         #[arg(long = "node", required = true)]
         nodes: Vec<SocketAddr>,
     },
-    /// Sends the node N signed STOREs of records of its own, 16 at a time.
+    /// Sends the node N signed STOREs of new records of its own, 16 at a time.
     Flood {
         #[arg(long)]
         records: usize,
         #[arg(long)]
         node: SocketAddr,
+        /// Key file of the flooder (created if missing), so that floods of several runs come
+        /// from one publisher; default: a new identity.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
 }
 
@@ -186,8 +190,17 @@ async fn run(command: Command) -> Result<(), String> {
             println!("served {}", served.load(Ordering::Relaxed));
             hostile.close().await;
         }
-        Command::Flood { records, node } => {
-            let hostile = fresh()?;
+        Command::Flood {
+            records,
+            node,
+            identity,
+        } => {
+            let hostile = match identity {
+                Some(path) => {
+                    Hostile::bind(&Identity::load_or_create(&path).map_err(|e| e.to_string())?)?
+                }
+                None => fresh()?,
+            };
             let tally = hostile.flood(node, records, 16).await;
             let counts: Vec<String> = tally.iter().map(|(a, n)| format!("{a}={n}")).collect();
             println!("flood {node} {}", counts.join(" "));
