@@ -222,8 +222,11 @@ net_events(_Node, _On) -> ?NIF_STUB.
 net_find_value(_Node, _Key, _Want, _Tag) -> ?NIF_STUB.
 
 %% @doc `store_put/3', then replication to the k closest nodes in the background.
+%% @doc Publishes `Provider' under `Key' as this node (signed with its key), here and on the k
+%% closest nodes. A provider whose `node_id' is another node's 32-byte id is refused: only that
+%% node may publish it.
 -spec net_store(handle(), Key :: term(), Provider :: term()) ->
-          ok | closed | {error, put_error()}.
+          ok | closed | {error, put_error() | {wrong_publisher, NodeId :: binary()}}.
 net_store(_Node, _Key, _Provider) -> ?NIF_STUB.
 
 -spec net_address(handle()) -> {ok, address()} | {error, not_networked}.

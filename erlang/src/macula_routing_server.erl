@@ -166,7 +166,9 @@ get_routing_table(Server) -> run(Server, get_routing_table).
 -spec store_local(server(), binary(), provider()) -> ok | error().
 store_local(Server, Key, Provider) -> run(Server, {store_local, Key, Provider}).
 
-%% @doc `store_local/3', then replication to the k closest peers (none on a single node).
+%% @doc `store_local/3', then replication to the k closest peers (none on a single node). In
+%% network mode the record is published as this server (signed with its key), so a `node_id'
+%% that is another node's 32-byte id is refused with `{error, {wrong_publisher, NodeId}}'.
 -spec store(server(), binary(), provider()) -> ok | error().
 store(Server, Key, Provider) -> run(Server, {store, Key, Provider}).
 

@@ -185,6 +185,7 @@ stats_have_the_network_counters(P) ->
 
 %% `store/3' publishes under the server's identity: the record carries its public key, whose
 %% SHA-256 is the node id. `store_local/3' stays local and unsigned. Old callers see plain maps.
+%% A provider naming another node's id is refused.
 published_records_carry_the_servers_key(P) ->
     Key = <<"signed">>,
     Published = #{node_id => <<"pub">>, endpoint => <<"https://pub:1">>},
@@ -200,7 +201,16 @@ published_records_carry_the_servers_key(P) ->
     %% A provider without node_id names no slot on other nodes: stored here, as before.
     ok = macula_routing_server:store(P, Key, #{endpoint => <<"https://anon:1">>}),
     {ok, Three} = macula_routing_server:publishers(P, Key),
-    ?assertEqual(3, length(Three)).
+    ?assertEqual(3, length(Three)),
+    %% Another node's id is not this server's to publish: refused, nothing stored.
+    Other = #{node_id => <<7:256>>, endpoint => <<"https://other:1">>},
+    ?assertEqual({error, {wrong_publisher, <<7:256>>}}, macula_routing_server:store(P, Key, Other)),
+    ?assertEqual({ok, Three}, macula_routing_server:publishers(P, Key)),
+    %% Its own id is: the record is signed like any other.
+    Own = #{node_id => macula_routing_server:node_id(P), endpoint => <<"https://own:1">>},
+    ok = macula_routing_server:store(P, Key, Own),
+    {ok, Four} = macula_routing_server:publishers(P, Key),
+    ?assertEqual([Publisher], [Pub || {#{endpoint := <<"https://own:1">>}, Pub} <- Four]).
 
 %% Alone, a miss asks no one: the caller gets the old `{ok, []}', and the failure is counted
 %% (and logged), so that it is not mistaken for a service nobody provides.

@@ -24,9 +24,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use macula_dht::etf;
+use macula_dht::provider::ProviderRecord;
 use macula_dht::settings::{self, Setting, SettingError};
-use macula_dht::wire::NodeInfo;
-use macula_dht::wire::PROTOCOL_VERSION;
+use macula_dht::wire::{NodeInfo, PROTOCOL_VERSION};
 use macula_dht_node::config::resolve_addr;
 use macula_dht_node::{
     DhtConfig, Event, Host, Identity, LookupKind, LookupSummary, NodeConfig, NodeError,
@@ -56,7 +56,7 @@ mod net_atoms {
         already_networked, identity, listen, invalid_settings, runtime,
         address, kind, target, providers, queried, failed, hops, elapsed_us, timed_out,
         bootstrap_addrs = "bootstrap", lookup_timeout_ms, request_timeout_ms, alpha,
-        find_node, find_value, no_answer, publisher_share_pct, peer_stores_per_s,
+        find_node, find_value, no_answer, publisher_share_pct, peer_stores_per_s, wrong_publisher,
     }
 }
 
@@ -398,7 +398,8 @@ fn net_find_value<'a>(
 /// Publishes the provider as this node: signed with its key and stored here at once, then a
 /// STORE to the `k` closest nodes in the background (the engine runs it to the end and counts
 /// STOREs that were not acknowledged; nobody waits for its outcome). A provider without a
-/// `node_id` cannot be a slot on other nodes: it is stored here only, as `store_put` does.
+/// `node_id` cannot be a slot on other nodes: it is stored here only, as `store_put` does. One
+/// whose `node_id` is another node's id (32 bytes) is refused: no node would take it from us.
 #[rustler::nif]
 fn net_store<'a>(env: Env<'a>, node: &'a Node, key: Term<'a>, value: Term<'a>) -> Term<'a> {
     let stored_here = |key| match crate::put(env, node, key, value) {
@@ -418,6 +419,12 @@ fn net_store<'a>(env: Env<'a>, node: &'a Node, key: Term<'a>, value: Term<'a>) -
             atoms::ok().encode(env)
         }
         Err(NodeError::NoNodeId) => stored_here(key),
+        Err(NodeError::WrongPublisher) => {
+            let etf = ProviderRecord::parse(bytes.as_slice());
+            let node_id = etf.ok().and_then(|p| p.node_id().map(<[u8]>::to_vec));
+            let node_id = reply::binary(env, &node_id.unwrap_or_default());
+            reply::error(env, (net_atoms::wrong_publisher(), node_id))
+        }
         Err(NodeError::Store(e)) => reply::store_error(env, &e),
         Err(_) => atoms::closed().encode(env),
     }

@@ -84,6 +84,9 @@ pub enum NodeError {
     /// A record to publish has no `node_id` (it names the record's slot on other nodes).
     #[error("a published provider needs a node_id")]
     NoNodeId,
+    /// A record to publish names another node's id (32 bytes) as its `node_id`.
+    #[error("the provider's node_id is another node's id")]
+    WrongPublisher,
     /// The node is shut down.
     #[error("node is shut down")]
     Closed,
@@ -102,6 +105,7 @@ impl From<PublishError> for NodeError {
         match e {
             PublishError::Store(e) => NodeError::Store(e),
             PublishError::NoNodeId => NodeError::NoNodeId,
+            PublishError::WrongPublisher => NodeError::WrongPublisher,
         }
     }
 }

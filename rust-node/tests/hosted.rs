@@ -41,6 +41,17 @@ fn record_without_node_id() -> Vec<u8> {
     w.into_bytes()
 }
 
+/// A provider naming `id` as its `node_id`.
+fn record_of(id: &macula_dht_node::NodeId) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.map(2);
+    w.atom("endpoint");
+    w.binary(b"https://someone:1");
+    w.atom("node_id");
+    w.binary(&id.0);
+    w.into_bytes()
+}
+
 /// A node started in a host that shares `store` and collects its events.
 async fn hosted(config: NodeConfig, store: Arc<SharedStore>) -> (Node, Arc<Mutex<Vec<Event>>>) {
     let events = Arc::new(Mutex::new(Vec::new()));
@@ -185,6 +196,13 @@ async fn raw_records_are_replicated_and_removed_everywhere() {
         node.publish(&key, &record_without_node_id()),
         Err(macula_dht_node::NodeError::NoNodeId)
     ));
+    // Another node's id is that node's to publish, not this one's: refused, nothing stored.
+    let other = net.node(2).unwrap().id();
+    assert!(matches!(
+        node.publish(&key, &record_of(&other)),
+        Err(macula_dht_node::NodeError::WrongPublisher)
+    ));
+    assert!(node.local_providers(&key).is_empty());
     client.close().await;
     node.shutdown().await;
     net.shutdown().await;

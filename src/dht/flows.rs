@@ -17,7 +17,7 @@ use super::{
 use crate::lookup::{Lookup, LookupConfig};
 use crate::provider::ProviderRecord;
 use crate::record::{hex, service_key, Provider};
-use crate::seal::{Seal, SEAL_LEN};
+use crate::seal::{may_publish, Seal, SEAL_LEN};
 use crate::store::StoreError;
 use crate::time::Time;
 use crate::wire::{ErrorReason, NodeInfo, Request, Response, SealedRecord, WireError};
@@ -667,7 +667,7 @@ impl<S: StoreAccess> Cx<'_, S> {
     /// sequence (ttl: the record's own, else the store's default), stores it here, then sends it
     /// to the `k` closest nodes. The record is noted among the published ones at once, so a
     /// removal right after still goes to the network. Refused without a change when it has no
-    /// `node_id` or the store refuses it.
+    /// `node_id`, its `node_id` is another node's id, or the store refuses it.
     pub(super) fn publish_record(
         &mut self,
         op: OpId,
@@ -678,6 +678,9 @@ impl<S: StoreAccess> Cx<'_, S> {
     ) -> Result<(), PublishError> {
         let provider = ProviderRecord::parse(etf).map_err(StoreError::from)?;
         let node_id = provider.node_id().ok_or(PublishError::NoNodeId)?.to_vec();
+        if !may_publish(self.dht.keypair.public(), &node_id) {
+            return Err(PublishError::WrongPublisher);
+        }
         let default_ttl = self.store.read(|s| s.limits().default_ttl_secs);
         let ttl = provider.ttl_secs().unwrap_or(default_ttl);
         let seq = self.next_seq();

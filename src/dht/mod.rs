@@ -242,6 +242,10 @@ pub enum PublishError {
     /// A record on the network needs a `node_id`: it names the record's slot.
     #[error("a published provider needs a node_id")]
     NoNodeId,
+    /// The provider's `node_id` is a node id (32 bytes) other than this node's: only that node
+    /// may publish it.
+    #[error("the provider's node_id is another node's id")]
+    WrongPublisher,
 }
 
 /// Why an advertisement or a withdrawal was refused at once.
