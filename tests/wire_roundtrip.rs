@@ -838,14 +838,6 @@ fn seal_fields_are_checked() {
 fn sealed_providers_are_maps_with_a_value() {
     let record = sealed(b"k", provider(b"n1", 300), 5, 60);
     let good = atom_map(&sealed_fields(&record));
-    let hit = |providers: Vec<Vec<u8>>| {
-        Response::decode(&msg(&[
-            ("v", v()),
-            ("type", atom("find_value_reply")),
-            ("result", atom("value")),
-            ("value", list(&providers)),
-        ]))
-    };
     assert_eq!(
         hit(vec![good.clone()]),
         Ok(Response::Value {
@@ -1020,14 +1012,6 @@ fn providers_are_validated() {
             }
         })
     );
-    let hit = |providers: Vec<Vec<u8>>| {
-        Response::decode(&msg(&[
-            ("v", v()),
-            ("type", atom("find_value_reply")),
-            ("result", atom("value")),
-            ("value", list(&providers)),
-        ]))
-    };
     let with_value = |value: Vec<u8>| atom_map(&with(&sealed_fields(&record), "value", value));
     assert_eq!(
         hit(vec![with_value(provider(b"a", 1)), with_value(int(3))]),
@@ -1409,4 +1393,14 @@ fn fuzz_seeds_are_valid_frames() {
     assert_eq!(types.into_iter().collect::<Vec<_>>(), expected);
     assert!(seals >= 10, "only {seals} seals");
     assert!(seen >= 20, "only {seen} seeds");
+}
+
+/// A hit holding `providers` (sealed provider maps as built by the test).
+fn hit(providers: Vec<Vec<u8>>) -> Result<Response, WireError> {
+    Response::decode(&msg(&[
+        ("v", v()),
+        ("type", atom("find_value_reply")),
+        ("result", atom("value")),
+        ("value", list(&providers)),
+    ]))
 }

@@ -74,19 +74,6 @@ fn endpoints(found: &Option<Vec<(String, String)>>) -> Vec<&str> {
         .collect()
 }
 
-fn ctl(procs: &mut Procs, node: &NodeProc, args: &[&str]) -> String {
-    let socket = node.ctl.display().to_string();
-    let mut full = vec!["ctl", "--socket", &socket];
-    full.extend_from_slice(args);
-    let ran = procs.run(&full, COMMAND_TIMEOUT);
-    assert!(
-        ran.status.success(),
-        "ctl {args:?} on {}: {ran:?}",
-        node.name
-    );
-    ran.stdout
-}
-
 /// Repeats `discover` through every node in `nodes` until each sees `expected` endpoints, or
 /// panics after `within`.
 fn all_see(
@@ -119,22 +106,12 @@ fn nine_node_processes_share_one_dht() {
     let started = Instant::now();
     let mut procs = Procs::new("cluster");
     let timeout = ["--request-timeout-ms".to_string(), "1000".to_string()];
-    let first = procs.start_node("n0", &timeout);
-    let mut join = vec!["--bootstrap".to_string(), first.addr.to_string()];
-    join.extend_from_slice(&timeout);
-    let pending: Vec<_> = (1..NODES)
-        .map(|i| procs.spawn_node(&format!("n{i}"), &join))
-        .collect();
-    let mut nodes = vec![first];
-    for p in pending {
-        nodes.push(procs.wait_ready(p));
-    }
+    let nodes = procs.start_cluster(NODES, &timeout);
     eprintln!("cluster: {NODES} nodes up after {:?}", started.elapsed());
 
     // 1. One advertiser, discovered from every node.
     let advertiser = nodes[1].clone();
-    let out = ctl(
-        &mut procs,
+    let out = procs.ctl(
         &advertiser,
         &["advertise", "calc", "https://calc:9443", "--ttl", "300"],
     );
@@ -154,21 +131,13 @@ fn nine_node_processes_share_one_dht() {
     assert_eq!(discover(&mut procs, &nodes[4], "never-advertised"), None);
 
     // 2. Two providers of one service.
-    ctl(
-        &mut procs,
-        &nodes[2],
-        &["advertise", "db", "https://db-a:5432"],
-    );
-    ctl(
-        &mut procs,
-        &nodes[5],
-        &["advertise", "db", "https://db-b:5432"],
-    );
+    procs.ctl(&nodes[2], &["advertise", "db", "https://db-a:5432"]);
+    procs.ctl(&nodes[5], &["advertise", "db", "https://db-b:5432"]);
     let both = ["https://db-a:5432", "https://db-b:5432"];
     all_see(&mut procs, &nodes, "db", &both, Duration::ZERO);
 
     // 3. Removal of one of them, seen everywhere within the bound.
-    ctl(&mut procs, &nodes[5], &["remove", "db"]);
+    procs.ctl(&nodes[5], &["remove", "db"]);
     all_see(
         &mut procs,
         &nodes,
@@ -182,8 +151,7 @@ fn nine_node_processes_share_one_dht() {
     );
 
     // 4. Expiry of an unrefreshed record; a refreshed one stays.
-    ctl(
-        &mut procs,
+    procs.ctl(
         &nodes[3],
         &[
             "advertise",
@@ -195,8 +163,7 @@ fn nine_node_processes_share_one_dht() {
         ],
     );
     let published = Instant::now();
-    ctl(
-        &mut procs,
+    procs.ctl(
         &nodes[4],
         &["advertise", "kept", "https://kept:1", "--ttl", "13"],
     );
@@ -247,11 +214,7 @@ fn nine_node_processes_share_one_dht() {
         Duration::ZERO,
     );
     // The network still takes new records: publishing has to get past the dead peers.
-    ctl(
-        &mut procs,
-        &nodes[0],
-        &["advertise", "after", "https://after:1"],
-    );
+    procs.ctl(&nodes[0], &["advertise", "after", "https://after:1"]);
     all_see(
         &mut procs,
         survivors,
@@ -259,7 +222,7 @@ fn nine_node_processes_share_one_dht() {
         &["https://after:1"],
         Duration::ZERO,
     );
-    let status = ctl(&mut procs, &advertiser, &["status"]);
+    let status = procs.ctl(&advertiser, &["status"]);
     assert!(status.contains("adverts: calc"), "{status}");
     eprintln!("cluster: done after {:?}", started.elapsed());
 }

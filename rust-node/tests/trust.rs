@@ -85,7 +85,7 @@ fn a_hostile_peer_cannot_forge_remove_replay_inject_or_flood() {
     all_see(&mut procs, &nodes, "svc.gone", &["https://gone:443"]);
     let captured = rt.block_on(hostile.held(nodes[0].addr, &gone_key));
     assert_eq!(captured.len(), 1);
-    ctl(&mut procs, &nodes[3], &["remove", "svc.gone"]);
+    procs.ctl(&nodes[3], &["remove", "svc.gone"]);
     all_see(&mut procs, &nodes, "svc.gone", &[]);
     let replay = Request::Store {
         key: gone_key.to_vec(),
@@ -130,8 +130,7 @@ fn a_hostile_peer_cannot_forge_remove_replay_inject_or_flood() {
         flooder.close().await;
         tally
     });
-    let out = ctl(
-        &mut procs,
+    let out = procs.ctl(
         &nodes[2],
         &["advertise", "svc.during", "https://during:443"],
     );
@@ -196,46 +195,20 @@ fn start_cluster(procs: &mut Procs) -> Vec<NodeProc> {
         "--peer-stores-per-s".into(),
         STORES_PER_S.to_string(),
     ];
-    let first = procs.start_node("n0", &caps);
-    let mut join = vec!["--bootstrap".to_string(), first.addr.to_string()];
-    join.extend_from_slice(&caps);
-    let pending: Vec<_> = (1..NODES)
-        .map(|i| procs.spawn_node(&format!("n{i}"), &join))
-        .collect();
-    let mut nodes = vec![first];
-    for p in pending {
-        nodes.push(procs.wait_ready(p));
-    }
+    let nodes = procs.start_cluster(NODES, &caps);
     wait_for(procs, &nodes, "every node knows the others", |s| {
         s["peers"].as_u64() == Some(NODES as u64 - 1)
     });
     nodes
 }
 
-fn ctl(procs: &mut Procs, node: &NodeProc, args: &[&str]) -> String {
-    let socket = node.ctl.display().to_string();
-    let mut full = vec!["ctl", "--socket", &socket];
-    full.extend_from_slice(args);
-    let ran = procs.run(&full, COMMAND_TIMEOUT);
-    assert!(
-        ran.status.success(),
-        "ctl {args:?} on {}: {ran:?}",
-        node.name
-    );
-    ran.stdout
-}
-
 fn advertise(procs: &mut Procs, node: &NodeProc, service: &str, endpoint: &str) {
-    let out = ctl(
-        procs,
-        node,
-        &["advertise", service, endpoint, "--ttl", "300"],
-    );
+    let out = procs.ctl(node, &["advertise", service, endpoint, "--ttl", "300"]);
     assert!(out.contains("acknowledged by 3 of 3"), "{out}");
 }
 
 fn status(procs: &mut Procs, node: &NodeProc) -> Value {
-    serde_json::from_str(&ctl(procs, node, &["status", "--json"])).unwrap()
+    serde_json::from_str(&procs.ctl(node, &["status", "--json"])).unwrap()
 }
 
 /// The sorted endpoints a lookup through `node` (in the node) finds, wanting `want`.

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use super::{NodeInfo, Request, Response, SealedRecord, PROTOCOL_VERSION};
 use crate::etf::Writer;
+use crate::seal::Seal;
 
 /// The frame of a request; see [`Request::encode`].
 pub(super) fn request(req: &Request) -> Vec<u8> {
@@ -31,14 +32,7 @@ pub(super) fn request(req: &Request) -> Vec<u8> {
             w.map(8);
             w.atom("key");
             w.binary(key);
-            w.atom("publisher");
-            w.binary(&record.seal.publisher);
-            w.atom("seq");
-            w.unsigned(record.seal.seq);
-            w.atom("sig");
-            w.binary(&record.seal.sig);
-            w.atom("ttl");
-            w.unsigned(u64::from(record.seal.ttl_secs));
+            seal_fields(&mut w, &record.seal);
             type_and_v(&mut w, "store");
             w.atom("value");
             w.raw(&record.term);
@@ -112,16 +106,21 @@ pub(super) fn response(resp: &Response) -> Vec<u8> {
 /// A sealed provider in a `find_value_reply`: `#{publisher, seq, sig, ttl, value}`.
 fn sealed(w: &mut Writer, record: &SealedRecord) {
     w.map(5);
-    w.atom("publisher");
-    w.binary(&record.seal.publisher);
-    w.atom("seq");
-    w.unsigned(record.seal.seq);
-    w.atom("sig");
-    w.binary(&record.seal.sig);
-    w.atom("ttl");
-    w.unsigned(u64::from(record.seal.ttl_secs));
+    seal_fields(w, &record.seal);
     w.atom("value");
     w.raw(&record.term);
+}
+
+/// A seal's four pairs, in key order: `publisher`, `seq`, `sig`, `ttl`.
+fn seal_fields(w: &mut Writer, seal: &Seal) {
+    w.atom("publisher");
+    w.binary(&seal.publisher);
+    w.atom("seq");
+    w.unsigned(seal.seq);
+    w.atom("sig");
+    w.binary(&seal.sig);
+    w.atom("ttl");
+    w.unsigned(u64::from(seal.ttl_secs));
 }
 
 /// Bytes a sealed provider takes in a `find_value_reply`.

@@ -14,6 +14,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_rust-node");
 
 /// How long a node may take to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a `ctl` command may take.
+const CTL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Children of one test, and a scratch directory. Dropping it kills every child still running
 /// (SIGKILL to its pid), reaps it, and removes the directory.
@@ -135,6 +137,21 @@ impl Procs {
         self.wait_ready(pending)
     }
 
+    /// `count` nodes with `args`: `n0`, then `n1`... joining through it, started together.
+    pub fn start_cluster(&mut self, count: usize, args: &[String]) -> Vec<NodeProc> {
+        let first = self.start_node("n0", args);
+        let mut join = vec!["--bootstrap".to_string(), first.addr.to_string()];
+        join.extend_from_slice(args);
+        let pending: Vec<_> = (1..count)
+            .map(|i| self.spawn_node(&format!("n{i}"), &join))
+            .collect();
+        let mut nodes = vec![first];
+        for p in pending {
+            nodes.push(self.wait_ready(p));
+        }
+        nodes
+    }
+
     /// SIGKILL to `pid` (one of our children), and reap it.
     pub fn kill(&mut self, pid: u32) {
         if let Some(at) = self.children.iter().position(|c| c.id() == pid) {
@@ -161,6 +178,20 @@ impl Procs {
         }
         self.children.push(child); // still running: killed by `Drop`
         None
+    }
+
+    /// `rust-node ctl --socket <node's socket> args...`: its stdout; panics unless it succeeds.
+    pub fn ctl(&mut self, node: &NodeProc, args: &[&str]) -> String {
+        let socket = node.ctl.display().to_string();
+        let mut full = vec!["ctl", "--socket", &socket];
+        full.extend_from_slice(args);
+        let ran = self.run(&full, CTL_TIMEOUT);
+        assert!(
+            ran.status.success(),
+            "ctl {args:?} on {}: {ran:?}",
+            node.name
+        );
+        ran.stdout
     }
 
     pub fn stderr_of(&self, name: &str) -> String {
