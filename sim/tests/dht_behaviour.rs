@@ -275,9 +275,10 @@ fn lookups_drop_dead_peers_from_the_table_and_then_find_the_live_closest() {
     }
     let downs_before = net.stats().peer_downs;
     let alive = net.alive();
-    // Every node looks up every dead node: the dead one is the first it asks, fails, and leaves
-    // its table. Answers may still name dead nodes others have not noticed, so these lookups
-    // return live nodes, the closest live one first, but not always the exact k closest.
+    // Every node looks up every dead node: the dead one is the first it asks, fails, and is
+    // suspect: not asked again nor offered to others for a while. Answers may still name dead
+    // nodes others have not noticed, so these lookups return live nodes, the closest live one
+    // first, but not always the exact k closest.
     for &i in &alive {
         for &d in &dead {
             let id = net.node(d).id();
@@ -287,6 +288,8 @@ fn lookups_drop_dead_peers_from_the_table_and_then_find_the_live_closest() {
             assert!(found.iter().all(|&f| net.node(f).is_alive()));
         }
     }
+    // Probed when their suspect time is up, the dead fail twice more and leave every table.
+    net.run_for(30 * SECOND);
     for &i in &alive {
         let peers = net.node(i).dht.peers();
         for &d in &dead {
@@ -313,9 +316,48 @@ fn lookups_drop_dead_peers_from_the_table_and_then_find_the_live_closest() {
 }
 
 #[test]
+fn a_silent_peer_holds_a_lookup_only_as_long_as_it_takes_to_answer() {
+    let mut config = config(3);
+    config.dht.request_timeout = Duration::from_secs(30);
+    let mut net = Network::new(config);
+    let nodes = net.grow(3, SECOND);
+    // Both peers answered before (the joins measured them): 20 ms or so.
+    net.crash(nodes[0]);
+    let outcome = net.run_command(nodes[2], 10 * SECOND, |dht, store, now| {
+        dht.find_value(store, b"anything", None, now)
+    });
+    let Some(Outcome::Lookup(report)) = outcome else {
+        panic!("the lookup did not end");
+    };
+    // The dead peer failed at the floor of the adaptive timeout, not after 30 s.
+    assert!(!report.timed_out);
+    assert!(
+        report.elapsed <= Duration::from_millis(150),
+        "{:?}",
+        report.elapsed
+    );
+    assert_eq!((report.queried, report.answered), (2, 1));
+    let status = net.node(nodes[2]).dht.status();
+    assert_eq!(
+        (status.suspects, status.peers),
+        (1, 2),
+        "suspect, still in the table"
+    );
+    // A second lookup does not ask it.
+    let outcome = net.run_command(nodes[2], 10 * SECOND, |dht, store, now| {
+        dht.find_value(store, b"anything else", None, now)
+    });
+    let Some(Outcome::Lookup(report)) = outcome else {
+        panic!("the lookup did not end");
+    };
+    assert_eq!((report.queried, report.answered), (1, 1));
+}
+
+#[test]
 fn a_lookup_through_a_silent_peer_ends_at_the_lookup_timeout() {
     let mut config = config(3);
-    config.dht.lookup_timeout = Duration::from_millis(400);
+    // Shorter than any request timeout (at least 100 ms).
+    config.dht.lookup_timeout = Duration::from_millis(60);
     config.dht.request_timeout = Duration::from_secs(30);
     let mut net = Network::new(config);
     let nodes = net.grow(2, SECOND);
@@ -327,7 +369,7 @@ fn a_lookup_through_a_silent_peer_ends_at_the_lookup_timeout() {
         panic!("the lookup did not end");
     };
     assert!(report.timed_out);
-    assert_eq!(report.elapsed, Duration::from_millis(400));
+    assert_eq!(report.elapsed, Duration::from_millis(60));
     assert_eq!((report.queried, report.answered), (1, 0));
     assert_eq!(net.node(nodes[1]).dht.status().stats.lookup_failures, 1);
 }

@@ -166,13 +166,17 @@ impl<S: StoreAccess> Cx<'_, S> {
         purpose: Purpose,
     ) -> Option<RpcId> {
         let rpc_id = self.dht.ops.next_rpc();
-        let timeout = self.dht.config.request_timeout;
+        let timeout = self
+            .dht
+            .health
+            .timeout(to.as_ref(), self.dht.config.request_timeout);
         let rpc = Rpc {
             id: rpc_id,
             to,
             addr,
             request,
             purpose,
+            sent: self.now,
             deadline: self.now + timeout,
         };
         if self.dht.ops.rpcs.len() >= self.dht.config.max_requests {
@@ -220,6 +224,8 @@ impl<S: StoreAccess> Cx<'_, S> {
     pub(super) fn conclude(&mut self, rpc: Rpc, reply: Reply) {
         let result = match reply {
             Reply::Answered { from, response } => {
+                let rtt = self.now.since(rpc.sent);
+                self.dht.health.answered(from, rtt, self.now);
                 self.observe_answer(from, rpc.addr);
                 if speaks_another_version(&response) {
                     self.dht.stats.refused_version += 1;
@@ -239,8 +245,8 @@ impl<S: StoreAccess> Cx<'_, S> {
                 }
             }
             Reply::Failed(failure) => {
-                if let (true, Some(id)) = (failure.kind.is_liveness(), rpc.to) {
-                    self.on_unreachable(&id);
+                if let Some(id) = rpc.to {
+                    self.on_failure(&id, failure.kind);
                 }
                 Err(failure)
             }
@@ -257,6 +263,7 @@ impl<S: StoreAccess> Cx<'_, S> {
             Purpose::Fanout(op) => self.fanout_reply(op, rpc.to, rpc.addr, result),
             Purpose::Contact(op) => self.contact_reply(op, rpc.addr, result),
             Purpose::Verify(id) => self.dht.peers.verified(&id),
+            Purpose::Probe => {}
             Purpose::HandOff => self.handoff_reply(result),
             Purpose::Forward => {
                 if result.is_err() {
@@ -278,12 +285,52 @@ impl<S: StoreAccess> Cx<'_, S> {
         }
     }
 
-    /// A peer failed a request for a liveness reason: it leaves the table.
+    /// A peer failed a request: for a liveness reason, it is suspect for a while; after
+    /// repeated failures, or at once when another node answered at its address, it leaves the
+    /// table.
+    fn on_failure(&mut self, id: &NodeId, kind: FailureKind) {
+        let evict = match kind {
+            FailureKind::WrongPeer => true,
+            FailureKind::Timeout | FailureKind::Unreachable => {
+                self.dht.health.failed(*id, self.now)
+            }
+            FailureKind::Refused => false,
+        };
+        if evict {
+            self.on_unreachable(id);
+        }
+    }
+
+    /// The `n` nodes of the table closest to `target` that are not suspect, closest first.
+    pub(super) fn live_closest(&self, target: &NodeId, n: usize) -> Vec<NodeInfo> {
+        let mut asked = n;
+        loop {
+            let mut nodes = self.dht.peers.closest(target, asked);
+            let all = nodes.len();
+            nodes.retain(|node| !self.dht.health.is_suspect(&node.id, self.now));
+            if nodes.len() >= n || all < asked {
+                nodes.truncate(n);
+                return nodes;
+            }
+            asked = asked.saturating_mul(2);
+        }
+    }
+
+    /// Of `nodes` a peer offered, those not suspect here.
+    fn live(&self, mut nodes: Vec<NodeInfo>) -> Vec<NodeInfo> {
+        nodes.retain(|node| !self.dht.health.is_suspect(&node.id, self.now));
+        nodes
+    }
+
+    /// A peer is taken to be gone: it leaves the table. The replacement that moves up was last
+    /// heard from a while ago: it is pinged, so that a dead one fails its way out too.
     fn on_unreachable(&mut self, id: &NodeId) {
         if let Some(gone) = self.dht.peers.unreachable(id) {
             self.emit(Event::PeerDown(gone.left));
             if let Some(promoted) = gone.promoted {
                 self.emit(Event::PeerUp(promoted));
+                let ping = Arc::new(Request::Ping);
+                self.send(Some(promoted.id), promoted.addr, ping, Purpose::Probe);
             }
         }
     }
@@ -416,12 +463,8 @@ impl<S: StoreAccess> Cx<'_, S> {
             local: Some(self.dht.id),
             ..LookupConfig::default()
         };
-        let seeds = self
-            .dht
-            .peers
-            .closest(&target, config.k)
-            .into_iter()
-            .map(|n| (n.id, n.addr));
+        // Twice k: when the closest fail, the lookup goes on with the next ones of the table.
+        let seeds = contacts(self.live_closest(&target, 2 * config.k));
         let kind = match request {
             Request::FindValue { .. } => LookupKind::FindValue,
             _ => LookupKind::FindNode,
@@ -519,6 +562,26 @@ impl<S: StoreAccess> Cx<'_, S> {
         result: Result<(NodeId, Response), Failure>,
     ) {
         let now = self.now;
+        // The dead stay out of the lookup: a peer's word does not outweigh our own failures.
+        let result = result.map(|(from, response)| match response {
+            Response::Nodes { nodes } => (
+                from,
+                Response::Nodes {
+                    nodes: self.live(nodes),
+                },
+            ),
+            Response::NoValue { nodes } => (
+                from,
+                Response::NoValue {
+                    nodes: self.live(nodes),
+                },
+            ),
+            Response::Value { providers, nodes } => {
+                let nodes = self.live(nodes);
+                (from, Response::Value { providers, nodes })
+            }
+            other => (from, other),
+        });
         let (Some(state), Some(peer)) = (self.lookup_mut(op), peer) else {
             return;
         };

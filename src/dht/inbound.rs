@@ -21,7 +21,7 @@ impl<S: StoreAccess> Cx<'_, S> {
         match request {
             Request::Ping => Response::Pong,
             Request::FindNode { target } => Response::Nodes {
-                nodes: self.dht.peers.closest(&target, self.dht.config.k),
+                nodes: self.live_closest(&target, self.dht.config.k),
             },
             Request::FindValue { key } => self.find_value(&key),
             Request::Store { key, record } => self.accept_store(from, &key, record),
@@ -43,10 +43,7 @@ impl<S: StoreAccess> Cx<'_, S> {
     }
 
     fn find_value(&mut self, key: &[u8]) -> Response {
-        let nodes = self
-            .dht
-            .peers
-            .closest(&NodeId::normalize(key), self.dht.config.k);
+        let nodes = self.live_closest(&NodeId::normalize(key), self.dht.config.k);
         let now_ms = self.now_ms();
         let sealed: Vec<SealedRecord> = self.store.read(|store| {
             store

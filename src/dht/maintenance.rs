@@ -9,14 +9,17 @@
 //! nearest non-empty one). Lookups meet the peers in those ranges, which
 //! refreshes them, finds newcomers and drops the dead. One refresh runs at a time.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::adverts::Command;
 use super::flows::{AfterContact, AfterLookup, Origin};
+use super::ops::Purpose;
 use super::{Cx, DhtConfig, Reply, StoreAccess};
 use crate::time::Time;
 use crate::wire::Request;
-use crate::{Failure, FailureKind};
+use crate::{Failure, FailureKind, NodeId};
 
 /// The first wait before re-joining a table that holds fewer than `k` nodes; it doubles after
 /// each re-join that leaves it so, up to `refresh_interval`.
@@ -62,7 +65,8 @@ impl<S: StoreAccess> Cx<'_, S> {
             if let Some(rpc) = self.dht.ops.take_rpc(rpc) {
                 let detail = format!(
                     "request to {} timed out after {:?}",
-                    rpc.addr, self.dht.config.request_timeout
+                    rpc.addr,
+                    rpc.deadline.since(rpc.sent)
                 );
                 let failure = Failure {
                     kind: FailureKind::Timeout,
@@ -99,6 +103,7 @@ impl<S: StoreAccess> Cx<'_, S> {
     }
 
     fn housekeeping(&mut self) {
+        self.probe_suspects();
         let now_ms = self.now_ms();
         self.store.expire(now_ms);
         self.dht.tombstones.purge(now_ms);
@@ -133,6 +138,26 @@ impl<S: StoreAccess> Cx<'_, S> {
         } else {
             timers.rejoin_at = None;
             timers.rejoin_delay = FIRST_REJOIN;
+        }
+    }
+
+    /// Pings the peers of the table whose suspect time is up: an answer clears one, a failure
+    /// makes it suspect for longer or takes it out of the table.
+    fn probe_suspects(&mut self) {
+        let now = self.now;
+        let due: Vec<(NodeId, SocketAddr)> = self
+            .dht
+            .health
+            .due_probes(now)
+            .into_iter()
+            .filter_map(|id| self.dht.peers.addr(&id).map(|addr| (id, addr)))
+            .collect();
+        for (id, addr) in due {
+            if let Some(rpc) = self.send(Some(id), addr, Arc::new(Request::Ping), Purpose::Probe) {
+                // Suspect while the probe runs, so that the next tick does not probe it again.
+                let until = self.dht.ops.rpcs.get(&rpc).map_or(now, |r| r.deadline);
+                self.dht.health.probing(id, until);
+            }
         }
     }
 

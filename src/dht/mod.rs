@@ -27,6 +27,7 @@ mod copies;
 mod events;
 mod flows;
 mod handoff;
+mod health;
 mod inbound;
 mod maintenance;
 mod ops;
@@ -332,6 +333,11 @@ pub struct DhtStatus {
     pub tombstones: usize,
     /// Services advertised (and republished), sorted.
     pub adverts: Vec<String>,
+    /// Peers that failed of late: lookups do not ask them and replies do not offer them for a
+    /// while (see [`Dht::rtt`]).
+    pub suspects: usize,
+    /// Whether the node knows at least one peer: it joined a network (or one joined it).
+    pub joined: bool,
     /// Median duration of the most recent lookups, in microseconds.
     pub lookup_p50_us: u64,
     /// 99th percentile of the same.
@@ -355,6 +361,10 @@ pub struct Dht {
     /// wall-clock stamps (`advertised_at`, removal times) are derived from it.
     unix_origin_us: u64,
     peers: Peers,
+    /// Round-trip times and recent failures of the peers it talked to.
+    health: health::Health,
+    /// The latest time an input brought.
+    now: Time,
     tombstones: Tombstones,
     /// Where this node's STOREs of records it published went, for their removal.
     published: Copies,
@@ -394,6 +404,8 @@ impl Dht {
             verifier: Verifier::new(config.verified_cache),
             rates: PeerRates::new(config.peer_stores_per_s),
             peers: Peers::new(id, table, config.max_verifying),
+            health: health::Health::default(),
+            now,
             tombstones: Tombstones::new(config.max_tombstones),
             published: Copies::new(config.max_replicated, 2 * config.k),
             handed_off: Copies::new(config.max_replicated, 2 * config.k),
@@ -673,6 +685,14 @@ impl Dht {
         self.stats.refused_version += 1;
     }
 
+    /// The smoothed round-trip time of `peer`'s answers to this node, if it ever answered. A
+    /// request to a peer times out at a multiple of it (at least 100 ms, at most
+    /// `request_timeout`); one that fails makes the peer suspect for a while, and three failures
+    /// in a row take it out of the routing table.
+    pub fn rtt(&self, peer: &NodeId) -> Option<Duration> {
+        self.health.rtt(peer)
+    }
+
     /// Nodes in the routing table.
     pub fn peers(&self) -> Vec<NodeInfo> {
         self.peers.all()
@@ -688,6 +708,8 @@ impl Dht {
         let (lookup_p50_us, lookup_p99_us) = self.latencies.percentiles_us();
         DhtStatus {
             peers: self.peers.len(),
+            suspects: self.health.suspects(self.now),
+            joined: !self.peers.is_empty(),
             tombstones: self.tombstones.len(),
             adverts: self.adverts.advertised(),
             lookup_p50_us,
@@ -703,6 +725,7 @@ impl Dht {
         now: Time,
         work: impl FnOnce(&mut Cx<'_, S>) -> R,
     ) -> R {
+        self.now = self.now.max(now);
         let mut cx = Cx::new(self, store, now);
         let result = work(&mut cx);
         cx.settle();

@@ -28,6 +28,7 @@ pub(crate) struct Rpc {
     pub addr: SocketAddr,
     pub request: Arc<Request>,
     pub purpose: Purpose,
+    pub sent: Time,
     pub deadline: Time,
 }
 
@@ -42,6 +43,8 @@ pub(crate) enum Purpose {
     Contact(OpId),
     /// A ping back to a peer that sent us a request.
     Verify(NodeId),
+    /// A ping to a suspect peer whose wait is up: it clears it or fails it further.
+    Probe,
     /// A STORE of the hand-off running now.
     HandOff,
     /// A REMOVE passed on to a node this node gave a copy.

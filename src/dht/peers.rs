@@ -90,6 +90,11 @@ impl Peers {
         })
     }
 
+    /// The address of `id`, if it is in a bucket.
+    pub(crate) fn addr(&self, id: &NodeId) -> Option<SocketAddr> {
+        self.table.get(id).copied()
+    }
+
     /// The `n` closest nodes of the table to `target`, closest first.
     pub(crate) fn closest(&self, target: &NodeId, n: usize) -> Vec<NodeInfo> {
         self.table
