@@ -34,6 +34,8 @@ const MAX_SUSPECT: Duration = Duration::from_secs(60);
 pub const EVICT_AFTER: u32 = 3;
 /// Peers remembered.
 pub const MAX_PEERS: usize = 4096;
+/// How finely the age of a peer's last update is kept.
+const AGE_STEP: Duration = Duration::from_secs(1);
 
 /// A smoothed round-trip time, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,14 +74,46 @@ struct Peer {
     updated: Time,
 }
 
+/// Slots of [`Failing`].
+const SLOTS: usize = 4096;
+
+/// A counting filter of the failing peers: no false "no", few false "maybe".
+#[derive(Debug)]
+struct Failing(Box<[u16; SLOTS]>);
+
+impl Default for Failing {
+    fn default() -> Failing {
+        Failing(Box::new([0; SLOTS]))
+    }
+}
+
+impl Failing {
+    fn slot(id: &NodeId) -> usize {
+        usize::from(u16::from_be_bytes([id.0[0], id.0[1]])) % SLOTS
+    }
+
+    // At most MAX_PEERS (4096) peers are counted: a u16 never overflows.
+    fn add(&mut self, id: &NodeId) {
+        self.0[Failing::slot(id)] += 1;
+    }
+
+    fn remove(&mut self, id: &NodeId) {
+        self.0[Failing::slot(id)] -= 1;
+    }
+
+    fn may_hold(&self, id: &NodeId) -> bool {
+        self.0[Failing::slot(id)] > 0
+    }
+}
+
 /// The health of the peers this node has talked to. The peers are looked up, never walked:
 /// whatever goes by order (probes, forgetting) goes through the ordered sets, the same every run.
 #[derive(Debug, Default)]
 pub(crate) struct Health {
     peers: HashMap<NodeId, Peer>,
-    /// Peers with at least one failure in a row: none in a healthy network, where asking
-    /// whether a peer is suspect then costs nothing.
-    failing: usize,
+    /// How many peers with a failure in a row fall in each slot (by their id's first bytes):
+    /// most peers asked about are fine, and a zero here answers without hashing the id.
+    failing: Failing,
     /// `(updated, id)` of every remembered peer, oldest first.
     by_age: BTreeSet<(Time, NodeId)>,
     /// `(suspect_until, id)` of the suspect peers not yet due a probe, soonest first.
@@ -104,7 +138,7 @@ impl Health {
         let (until, was_failing) = (peer.suspect_until, peer.failures > 0);
         peer.failures = 0;
         if was_failing {
-            self.failing -= 1;
+            self.failing.remove(&id);
             self.waiting.remove(&(until, id));
         }
     }
@@ -119,7 +153,7 @@ impl Health {
         peer.suspect_until = now + doubled.min(MAX_SUSPECT);
         let (until, evict) = (peer.suspect_until, peer.failures >= EVICT_AFTER);
         if newly {
-            self.failing += 1;
+            self.failing.add(&id);
         }
         self.waiting.remove(&(before, id));
         self.waiting.insert((until, id));
@@ -128,7 +162,7 @@ impl Health {
 
     /// Whether `id` failed of late and should not be asked or offered before its time is up.
     pub(crate) fn is_suspect(&self, id: &NodeId, now: Time) -> bool {
-        self.failing > 0
+        self.failing.may_hold(id)
             && self
                 .peers
                 .get(id)
@@ -186,33 +220,38 @@ impl Health {
             .count()
     }
 
-    /// `id`'s entry, made (forgetting the oldest past [`MAX_PEERS`]) if new, stamped `now`.
+    /// `id`'s entry, made (forgetting the oldest past [`MAX_PEERS`]) if new, its age stamped.
     fn entry(&mut self, id: NodeId, now: Time) -> &mut Peer {
         match self.peers.get(&id).map(|p| p.updated) {
+            // Ages are kept to the second: a busy peer is not moved on every answer.
+            Some(updated) if now.since(updated) < AGE_STEP => {}
             Some(updated) => {
                 self.by_age.remove(&(updated, id));
+                self.by_age.insert((now, id));
             }
             None => {
                 if self.peers.len() >= MAX_PEERS {
                     if let Some((_, oldest)) = self.by_age.pop_first() {
                         if let Some(gone) = self.peers.remove(&oldest) {
                             if gone.failures > 0 {
-                                self.failing -= 1;
+                                self.failing.remove(&oldest);
                                 self.waiting.remove(&(gone.suspect_until, oldest));
                             }
                         }
                     }
                 }
+                self.by_age.insert((now, id));
             }
         }
-        self.by_age.insert((now, id));
         let peer = self.peers.entry(id).or_insert(Peer {
             rtt: None,
             failures: 0,
             suspect_until: now,
             updated: now,
         });
-        peer.updated = now;
+        if now.since(peer.updated) >= AGE_STEP {
+            peer.updated = now;
+        }
         peer
     }
 }
