@@ -132,6 +132,8 @@ pub struct Provider {
     /// The publisher whose seal the record carried, when it came from the network through a
     /// lookup (`None` for a record read from a store or a term).
     pub publisher: Option<crate::seal::Publisher>,
+    /// The sequence of that seal: it grows each time the publisher advertises again.
+    pub seq: Option<u64>,
 }
 
 impl Provider {
@@ -147,6 +149,7 @@ impl Provider {
             advertised_at: None,
             term: term.to_vec(),
             publisher: None,
+            seq: None,
         };
         // `parse` above walked the whole map successfully, so these walks cannot fail; errors
         // are skipped all the same.
@@ -173,6 +176,12 @@ impl Provider {
             }
         }
         Ok(provider)
+    }
+
+    /// Notes who sealed the record (`None`: a record stored without a seal).
+    pub fn sealed_by(&mut self, seal: Option<crate::seal::Seal>) {
+        self.publisher = seal.map(|s| s.publisher);
+        self.seq = seal.map(|s| s.seq);
     }
 
     /// Seconds until `advertised_at + ttl` by the wall clock `now_unix` (negative once past);

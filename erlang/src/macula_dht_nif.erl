@@ -10,7 +10,7 @@
          table_add/2, table_remove/2, table_closest/3, table_size/1, table_buckets/1,
          stats/1, sha256/1, settings/0,
          identity/1, net_check/1, net_start/3, net_events/2, net_find_value/4, net_store/3,
-         net_address/1, net_peers/1]).
+         net_address/1, net_peers/1, net_rtt/2]).
 
 -on_load(load/0).
 
@@ -71,6 +71,8 @@
                    store_failures := non_neg_integer(),
                    remove_failures := non_neg_integer(),
                    handoff_failures := non_neg_integer(),
+                   suspects := non_neg_integer(),
+                   joined := boolean(),
                    protocol := pos_integer(),
                    refused_version := non_neg_integer(),
                    refused_forged := non_neg_integer(),
@@ -235,3 +237,10 @@ net_address(_Node) -> ?NIF_STUB.
 %% @doc The network side's routing table; `[]' on a single node.
 -spec net_peers(handle()) -> [peer()].
 net_peers(_Node) -> ?NIF_STUB.
+
+%% @doc The smoothed round-trip time of a peer's answers to this node, in microseconds;
+%% `unknown' when it never answered.
+-spec net_rtt(handle(), NodeId :: term()) ->
+          {ok, non_neg_integer()} | unknown
+        | {error, not_networked | {invalid_node_id, not_32_bytes}}.
+net_rtt(_Node, _NodeId) -> ?NIF_STUB.

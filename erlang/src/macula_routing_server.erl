@@ -24,7 +24,8 @@
          find_value/3, find_value_local/2,
          handle_message/2, handle_message_async/2]).
 %% Beyond the contract
--export([stats/1, node_id/1, address/1, peers/1, subscribe/2, unsubscribe/1, publishers/2]).
+-export([stats/1, node_id/1, address/1, peers/1, rtt/2, subscribe/2, unsubscribe/1,
+         publishers/2]).
 
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
@@ -57,10 +58,12 @@
                  | stats
                  | node_id
                  | address
-                 | peers.
+                 | peers
+                 | {rtt, NodeId :: term()}.
 %% Everything `execute/2' answers; each API function's spec says which part is its own.
--type reply() :: ok | not_found | error()
-               | {ok, [provider()] | [binary()] | address() | [{provider(), binary() | local}]}
+-type reply() :: ok | not_found | unknown | error()
+               | {ok, [provider()] | [binary()] | address() | [{provider(), binary() | local}]
+                      | non_neg_integer()}
                | [node_info()]
                | non_neg_integer()
                | binary()
@@ -216,7 +219,8 @@ handle_message_async(Server, Message) -> gen_server:cast(Server, {handle_message
 %% @doc Counters: the store (`keys', `records', `bytes', `expired', `rejected' at limits), the
 %% table (`nodes'), the NIF's heap (`nif_allocated_bytes'), and the network side (`peers',
 %% `requests' and `bad_requests' served, `tombstones', `lookups', `lookup_timeouts',
-%% `lookup_p50_us' and `lookup_p99_us' of recent lookups; zeros on a single node).
+%% `lookup_p50_us' and `lookup_p99_us' of recent lookups, `suspects' (peers that failed of late),
+%% `joined' (whether it knows a peer); zeros and `false' on a single node).
 -spec stats(server()) -> macula_dht_nif:stats().
 stats(Server) -> run(Server, stats).
 
@@ -231,6 +235,14 @@ address(Server) -> run(Server, address).
 %% @doc The peers of the node's network routing table, `#{node_id, address}' each.
 -spec peers(server()) -> [node_info()].
 peers(Server) -> run(Server, peers).
+
+%% @doc How long the peer `NodeId' (32 bytes) takes to answer this node: the smoothed round-trip
+%% time in microseconds, or `unknown' when it never answered. A request to a peer times out at
+%% a multiple of it, so a dead peer holds a lookup about as long as it used to take to answer.
+-spec rtt(server(), binary()) ->
+          {ok, non_neg_integer()} | unknown
+        | {error, not_networked | {invalid_node_id, not_32_bytes}}.
+rtt(Server, NodeId) -> run(Server, {rtt, NodeId}).
 
 %% @doc Sends the calling process `{macula_dht_event, Event}' for each event of the given kinds
 %% (`peers': `{peer_up, NodeInfo}', `{peer_down, NodeInfo}'; `lookups': `{lookup, Summary}')
@@ -312,6 +324,8 @@ execute(address, #node{handle = H}) ->
     macula_dht_nif:net_address(H);
 execute(peers, #node{handle = H}) ->
     macula_dht_nif:net_peers(H);
+execute({rtt, NodeId}, #node{handle = H}) ->
+    macula_dht_nif:net_rtt(H, NodeId);
 execute(_Unknown, _Node) ->
     {error, unknown_request}.
 

@@ -179,8 +179,13 @@ stats_have_the_network_counters(P) ->
                  lookup_p99_us, lookup_failures, store_failures, remove_failures,
                  handoff_failures, refused_version, refused_forged, refused_wrong_publisher,
                  refused_stale, refused_replay, refused_quota, refused_rate,
-                 forged_in_replies]],
+                 forged_in_replies, suspects]],
     ?assertEqual(0, maps:get(peers, Stats)),
+    %% Alone, it has joined nothing, and has no round trip to tell.
+    ?assertEqual(false, maps:get(joined, Stats)),
+    ?assertEqual(unknown, macula_routing_server:rtt(P, <<1:256>>)),
+    ?assertEqual({error, {invalid_node_id, not_32_bytes}}, macula_routing_server:rtt(P, <<1>>)),
+    ?assertEqual({error, {invalid_node_id, not_32_bytes}}, macula_routing_server:rtt(P, nope)),
     ?assertEqual(2, maps:get(protocol, Stats)).
 
 %% `store/3' publishes under the server's identity: the record carries its public key, whose

@@ -408,10 +408,12 @@ fn stats<'a>(env: Env<'a>, node: &'a Node) -> Term<'a> {
         (atoms::nodes(), nodes as u64),
         (atoms::nif_allocated_bytes(), alloc::heap_bytes() as u64),
     ];
+    let (network, joined) = net::stats(node);
     let pairs: Vec<(rustler::Atom, Term<'a>)> = local
         .into_iter()
-        .chain(net::stats(node))
+        .chain(network)
         .map(|(k, v)| (k, v.encode(env)))
+        .chain([(atoms::joined(), joined.encode(env))])
         .collect();
     reply::map(env, &pairs)
 }

@@ -57,6 +57,7 @@ mod net_atoms {
         address, kind, target, providers, queried, failed, hops, elapsed_us, timed_out,
         bootstrap_addrs = "bootstrap", lookup_timeout_ms, request_timeout_ms, alpha,
         find_node, find_value, no_answer, publisher_share_pct, peer_stores_per_s, wrong_publisher,
+        unknown, not_32_bytes,
     }
 }
 
@@ -450,12 +451,34 @@ fn net_peers<'a>(env: Env<'a>, node: &Node) -> Vec<Term<'a>> {
         .collect()
 }
 
-/// Counters of the network side (zeros without one), as `[{Name, Count}]`.
-pub fn stats(node: &Node) -> [(Atom, u64); 21] {
+/// The smoothed round-trip time, in microseconds, of a peer's answers to this node:
+/// `{ok, Micros}`, `unknown` when it never answered, `{error, not_networked}` on a single node.
+#[rustler::nif]
+fn net_rtt<'a>(env: Env<'a>, node: &Node, peer: Term<'a>) -> Term<'a> {
+    let Some(net) = node.net() else {
+        return reply::error(env, net_atoms::not_networked());
+    };
+    let id = Binary::from_term(peer)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok());
+    let Some(id) = id else {
+        return reply::error(env, (atoms::invalid_node_id(), net_atoms::not_32_bytes()));
+    };
+    match net.node.rtt(&macula_dht::NodeId(id)) {
+        Some(rtt) => (atoms::ok(), rtt.as_micros() as u64).encode(env),
+        None => net_atoms::unknown().encode(env),
+    }
+}
+
+/// Counters of the network side (zeros without one), as `[{Name, Count}]`, and whether the
+/// node joined a network.
+pub fn stats(node: &Node) -> ([(Atom, u64); 22], bool) {
     let status = node.net().map(|net| net.node.status());
+    let joined = status.as_ref().is_some_and(|s| s.joined);
     let get = |f: fn(&macula_dht_node::Status) -> u64| status.as_ref().map_or(0, f);
-    [
+    let counters = [
         (atoms::peers(), get(|s| s.peers as u64)),
+        (atoms::suspects(), get(|s| s.suspects as u64)),
         (atoms::requests(), get(|s| s.requests)),
         (atoms::bad_requests(), get(|s| s.bad_requests)),
         (atoms::tombstones(), get(|s| s.tombstones as u64)),
@@ -479,7 +502,8 @@ pub fn stats(node: &Node) -> [(Atom, u64); 21] {
         (atoms::refused_quota(), get(|s| s.refused_quota)),
         (atoms::refused_rate(), get(|s| s.refused_rate)),
         (atoms::forged_in_replies(), get(|s| s.forged_in_replies)),
-    ]
+    ];
+    (counters, joined)
 }
 
 /// The reply to one lookup, owed to the caller: sent once, by `providers`, or on drop (the task

@@ -18,7 +18,7 @@ pub mod atoms {
         lookup_p99_us, lookup_failures, store_failures, remove_failures, handoff_failures,
         server, network, max_bootstrap, stale, local, protocol, refused_version, refused_forged,
         refused_wrong_publisher, refused_stale, refused_replay, refused_quota, refused_rate,
-        forged_in_replies,
+        forged_in_replies, suspects, joined,
     }
 }
 

@@ -21,6 +21,7 @@
 //! max_bytes = 536870912
 //! publisher_share_pct = 10
 //! peer_stores_per_s = 2000
+//! require_bootstrap = false
 //! ```
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -164,6 +165,8 @@ pub struct RunOptions {
     pub publisher_share_pct: Option<usize>,
     /// `--peer-stores-per-s` ([`settings::PEER_STORES_PER_S`]).
     pub peer_stores_per_s: Option<usize>,
+    /// `--require-bootstrap`: exit when no bootstrap node answers at start.
+    pub require_bootstrap: Option<bool>,
 }
 
 impl RunOptions {
@@ -196,6 +199,7 @@ impl RunOptions {
             max_bytes: self.max_bytes.or(file.max_bytes),
             publisher_share_pct: self.publisher_share_pct.or(file.publisher_share_pct),
             peer_stores_per_s: self.peer_stores_per_s.or(file.peer_stores_per_s),
+            require_bootstrap: self.require_bootstrap.or(file.require_bootstrap),
         }
     }
 
@@ -250,6 +254,7 @@ impl RunOptions {
         }
         Ok(RunSettings {
             listen,
+            require_bootstrap: self.require_bootstrap.unwrap_or(false),
             bootstrap,
             identity: self.identity,
             advertise,
@@ -267,6 +272,8 @@ pub struct RunSettings {
     pub listen: SocketAddr,
     /// Nodes to join through.
     pub bootstrap: Vec<SocketAddr>,
+    /// Exit at start when none of them answers (else serve and keep trying to join).
+    pub require_bootstrap: bool,
     /// Key file; `None`: a fresh identity for this run only.
     pub identity: Option<PathBuf>,
     /// Services advertised from the start.

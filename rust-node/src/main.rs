@@ -91,6 +91,10 @@ struct RunArgs {
     /// STOREs per second one peer may send (bursts of five seconds' worth pass).
     #[arg(long, value_name = "N")]
     peer_stores_per_s: Option<usize>,
+    /// Exit with an error when no bootstrap node answers at start (by default the node serves
+    /// and keeps trying to join, backing off up to a minute).
+    #[arg(long)]
+    require_bootstrap: bool,
 }
 
 #[derive(Args)]
@@ -263,6 +267,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         max_bytes: args.max_bytes,
         publisher_share_pct: args.publisher_share_pct,
         peer_stores_per_s: args.peer_stores_per_s,
+        require_bootstrap: args.require_bootstrap.then_some(true),
     };
     let file = match &args.config {
         Some(path) => RunOptions::from_file(path)?,
@@ -294,7 +299,16 @@ async fn serve_until_signal(node: &Arc<Node>, settings: &RunSettings) -> Result<
     let mut interrupt = signal(SignalKind::interrupt())?;
     let startup = async {
         if !settings.bootstrap.is_empty() {
-            node.bootstrap(&settings.bootstrap).await?;
+            match node.bootstrap(&settings.bootstrap).await {
+                Err(NodeError::Bootstrap(detail)) if !settings.require_bootstrap => {
+                    // The node retries in the background; it serves meanwhile, so that nodes
+                    // of a cluster may start in any order.
+                    tracing::warn!(error = %detail, "no bootstrap node answered; serving, and retrying to join");
+                }
+                joined => {
+                    joined?;
+                }
+            }
         }
         for spec in &settings.advertise {
             node.advertise(
@@ -492,7 +506,16 @@ fn print_status(reply: CtlResponse, json: bool) -> Result<ExitCode, Failure> {
             "protocol: {} ({} exchanges with peers of other versions refused)",
             status.protocol, status.refused_version
         )?;
-        writeln!(out, "peers: {}", status.peers)?;
+        let joined = if status.joined {
+            "joined"
+        } else {
+            "not joined yet"
+        };
+        writeln!(
+            out,
+            "peers: {} ({joined}; {} suspect)",
+            status.peers, status.suspects
+        )?;
         writeln!(out, "keys: {}", status.keys)?;
         writeln!(out, "records: {}", status.records)?;
         writeln!(out, "tombstones: {}", status.tombstones)?;

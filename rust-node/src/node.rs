@@ -14,6 +14,7 @@ mod driver;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use macula_dht::dht::{AdvertError, JoinError, Outcome, PublishError};
 use macula_dht::wire::NodeInfo;
@@ -119,6 +120,12 @@ pub struct Status {
     pub addr: String,
     /// Nodes in its routing table.
     pub peers: usize,
+    /// Whether it knows at least one peer (it joined a network, or one joined it).
+    #[serde(default)]
+    pub joined: bool,
+    /// Peers that failed of late: not asked and not offered to others for a while.
+    #[serde(default)]
+    pub suspects: usize,
     /// Keys in its store.
     pub keys: usize,
     /// Records in its store.
@@ -433,14 +440,23 @@ impl Node {
         let store = self.shared.store();
         store
             .read()
-            .providers(key, store.now_ms())
-            .filter_map(|term| Provider::parse(term).ok())
+            .records(key, store.now_ms())
+            .filter_map(|record| {
+                let mut provider = Provider::parse(record.term).ok()?;
+                provider.sealed_by(record.seal());
+                Some(provider)
+            })
             .collect()
     }
 
     /// Nodes in the routing table.
     pub fn peers(&self) -> Vec<NodeInfo> {
         self.shared.with_dht(Dht::peers)
+    }
+
+    /// The smoothed round-trip time of `peer`'s answers to this node, if it ever answered.
+    pub fn rtt(&self, peer: &NodeId) -> Option<Duration> {
+        self.shared.with_dht(|dht| dht.rtt(peer))
     }
 
     /// A snapshot of the node's state and counters.

@@ -403,6 +403,19 @@ impl Endpoint {
         expect: Option<NodeId>,
         frame: Vec<u8>,
     ) -> Result<(NodeId, Vec<u8>), TransportError> {
+        let after = self.inner.config.request_timeout;
+        self.request_within(addr, expect, frame, after).await
+    }
+
+    /// [`Endpoint::request`] bounded by `after` instead (a node gives each peer as long as it
+    /// usually takes to answer).
+    pub async fn request_within(
+        &self,
+        addr: SocketAddr,
+        expect: Option<NodeId>,
+        frame: Vec<u8>,
+        after: Duration,
+    ) -> Result<(NodeId, Vec<u8>), TransportError> {
         let inner = &self.inner;
         let max = inner.config.max_frame_bytes;
         if frame.len() > max {
@@ -414,7 +427,6 @@ impl Endpoint {
         if inner.closed.load(Ordering::Acquire) {
             return Err(TransportError::Closed);
         }
-        let after = inner.config.request_timeout;
         let mut used = None;
         let outcome = tokio::time::timeout(
             after,

@@ -74,6 +74,7 @@ fn port_in_use_and_unreachable_bootstrap_are_one_line() {
         &port,
         "--request-timeout-ms",
         "300",
+        "--require-bootstrap",
     ];
     one_line_failure(&procs.run(&args, WITHIN), 1, "no bootstrap node answered");
     let args = ["discover", "--bootstrap", &port, "svc", "--timeout", "5"];

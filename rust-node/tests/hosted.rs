@@ -130,13 +130,15 @@ async fn peers_store_into_the_hosts_store_and_the_host_hears_peers_and_lookups()
         )) == 1
     );
 
-    // A peer that stops answering leaves the table, and the host hears it.
+    // A peer that stops answering is suspect at once and leaves the table after it also fails
+    // the probes sent after each suspect period (5 s, then 10 s); the host hears it.
     let gone = net.node(2).unwrap().id();
     let mut net = net;
     net.stop(2).await;
     let _ = node.find_node(gone).await;
+    assert_eq!(node.status().suspects, 1);
     assert!(
-        eventually(WITHIN, || async {
+        eventually(Duration::from_secs(40), || async {
             count(&events, |e| matches!(e, Event::PeerDown(p) if p.id == gone)) == 1
         })
         .await
@@ -209,9 +211,9 @@ async fn raw_records_are_replicated_and_removed_everywhere() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lookup_through_a_silent_peer_ends_at_its_timeout() {
+async fn a_lookup_through_a_silent_peer_ends_at_its_adaptive_timeout() {
     let mut config = fast_config();
-    config.dht.lookup_timeout = Duration::from_millis(400);
+    config.dht.lookup_timeout = Duration::from_secs(30);
     config.dht.request_timeout = Duration::from_secs(30);
     let peer = Node::start(&Identity::generate().unwrap(), loopback(), fast_config())
         .await
@@ -219,6 +221,7 @@ async fn a_lookup_through_a_silent_peer_ends_at_its_timeout() {
     let addr = peer.local_addr();
     let (node, events) = hosted(config, Arc::new(SharedStore::new(StoreLimits::default()))).await;
     node.bootstrap(&[addr]).await.unwrap();
+    assert!(node.rtt(&peer.id()).is_some(), "the join measured the peer");
     // The peer's port now swallows every packet: requests to it hang.
     peer.shutdown().await;
     drop(peer);
@@ -232,19 +235,19 @@ async fn a_lookup_through_a_silent_peer_ends_at_its_timeout() {
         .await
     );
 
+    // The request waits a few of the peer's round trips, not the 30 s request timeout.
     let started = std::time::Instant::now();
     let report = node.find_providers(b"missing", None).await.unwrap();
     let took = started.elapsed();
-    assert!(report.timed_out, "{report:?}");
     assert!(report.providers.is_empty());
-    assert!(
-        took < Duration::from_secs(5),
-        "ended by the lookup timeout, took {took:?}"
-    );
-    assert_eq!(node.status().lookup_timeouts, 1);
+    assert!(!report.timed_out, "{report:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(node.status().suspects, 1);
+    assert_eq!(node.status().lookup_timeouts, 0);
     assert_eq!(
-        count(&events, |e| matches!(e, Event::Lookup(s) if s.timed_out)),
-        1
+        count(&events, |e| matches!(e, Event::Lookup(s) if !s.timed_out)),
+        2,
+        "the join's lookup and this one"
     );
     node.shutdown().await;
 }

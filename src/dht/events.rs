@@ -54,10 +54,14 @@ pub enum Trouble {
         /// Why it was refused.
         error: PublishError,
     },
-    /// The table ran empty and none of the bootstrap nodes answered.
+    /// A re-join through the bootstrap nodes found none of them answering.
     RejoinFailed {
         /// The last error seen.
         detail: String,
+        /// When the next re-join runs.
+        retry_in: Duration,
+        /// Nodes in the table (none: the node has not joined any network yet).
+        peers: usize,
     },
     /// A hand-off to a newcomer stopped at a failed STORE; the newcomer gets the rest when the
     /// records are published again.

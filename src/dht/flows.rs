@@ -123,7 +123,7 @@ pub(crate) fn held_providers<S: StoreAccess>(store: &S, key: &[u8], now: Time) -
         s.records(key, now.as_millis())
             .filter_map(|r| {
                 let mut provider = Provider::parse(r.term).ok()?;
-                provider.publisher = r.seal().map(|seal| seal.publisher);
+                provider.sealed_by(r.seal());
                 Some(provider)
             })
             .collect()
@@ -139,7 +139,7 @@ fn pack(record: &SealedRecord) -> Vec<u8> {
 fn unpack(packed: &[u8]) -> Option<Provider> {
     let (seal, term) = packed.split_first_chunk::<SEAL_LEN>()?;
     let mut provider = Provider::parse(term).ok()?;
-    provider.publisher = Some(Seal::from_bytes(seal).publisher);
+    provider.sealed_by(Some(Seal::from_bytes(seal)));
     Some(provider)
 }
 
@@ -433,7 +433,13 @@ impl<S: StoreAccess> Cx<'_, S> {
             }
             (AfterContact::Rejoin, Err(JoinError::NoneAnswered(detail))) => {
                 self.after_join(true, None);
-                self.emit(Event::Trouble(Trouble::RejoinFailed { detail }));
+                let retry_in = self.dht.timers.rejoin_in(self.now);
+                let peers = self.dht.peers.len();
+                self.emit(Event::Trouble(Trouble::RejoinFailed {
+                    detail,
+                    retry_in,
+                    peers,
+                }));
             }
         }
     }

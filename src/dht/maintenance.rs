@@ -49,6 +49,11 @@ impl Timers {
         }
     }
 
+    /// How long until the next re-join (zero when none is due).
+    pub(crate) fn rejoin_in(&self, now: Time) -> Duration {
+        self.rejoin_at.map_or(Duration::ZERO, |at| at.since(now))
+    }
+
     /// The next housekeeping, refresh or re-join; none for a node that does not serve.
     pub(crate) fn next(&self, config: &DhtConfig) -> Option<Time> {
         let periodic = self.next_tick.min(self.next_refresh);

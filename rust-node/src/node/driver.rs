@@ -247,6 +247,8 @@ impl Shared {
             id: id_hex(&self.id),
             addr: self.endpoint.local_addr().to_string(),
             peers: dht.peers,
+            joined: dht.joined,
+            suspects: dht.suspects,
             keys: store.keys,
             records: store.records,
             tombstones: dht.tombstones,
@@ -312,7 +314,10 @@ impl Shared {
         let shared = self.clone();
         let task = self.runtime.spawn(async move {
             let frame = out.request.encode();
-            let reply = match shared.endpoint.request(out.addr, out.to, frame).await {
+            let sent = shared
+                .endpoint
+                .request_within(out.addr, out.to, frame, out.timeout);
+            let reply = match sent.await {
                 Ok((from, bytes)) => Reply::Answered {
                     from,
                     response: Response::decode(&bytes),
@@ -354,8 +359,17 @@ impl Shared {
             Event::Trouble(Trouble::RepublishFailed { service, error }) => {
                 tracing::warn!(service, %error, "republish failed")
             }
-            Event::Trouble(Trouble::RejoinFailed { detail }) => {
-                tracing::debug!(error = %detail, "re-join failed")
+            Event::Trouble(Trouble::RejoinFailed {
+                detail,
+                retry_in,
+                peers: 0,
+            }) => {
+                tracing::warn!(error = %detail, ?retry_in, "no bootstrap node answered; not joined yet, retrying")
+            }
+            Event::Trouble(Trouble::RejoinFailed {
+                detail, retry_in, ..
+            }) => {
+                tracing::debug!(error = %detail, ?retry_in, "re-join failed")
             }
             Event::Trouble(Trouble::HandOffStopped { peer, detail }) => {
                 tracing::debug!(peer = %id_hex(&peer.id), error = %detail, "hand-off stopped")
