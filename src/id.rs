@@ -77,21 +77,7 @@ fn decode_hex(raw: &[u8]) -> Option<NodeId> {
     if raw.len() != 2 * ID_LEN {
         return None;
     }
-    let mut out = [0u8; ID_LEN];
-    for (byte, pair) in out.iter_mut().zip(raw.chunks_exact(2)) {
-        let [hi, lo] = *pair else { return None };
-        *byte = nibble(hi)? << 4 | nibble(lo)?;
-    }
-    Some(NodeId(out))
-}
-
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
+    crate::record::unhex(raw)?.try_into().ok().map(NodeId)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 //! - [`wire`]: the versioned request/response messages nodes exchange, as bounded ETF.
 //! - [`record`]: the provider map a node advertises, written and read.
 //! - [`seal`]: publisher signatures on provider records and removals.
+//! - [`select`]: picking one provider by a strategy, skipping those callers could not reach.
 //! - [`settings`]: every user-facing setting with its default and range, defined once.
 //! - [`time`]: the time the host passes in.
 
@@ -27,6 +28,7 @@ pub mod lookup;
 pub mod provider;
 pub mod record;
 pub mod seal;
+pub mod select;
 pub mod settings;
 pub mod store;
 pub mod table;

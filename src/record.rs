@@ -222,6 +222,26 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Bytes from hex digits of either case; `None` for an odd length or another character.
+pub fn unhex(digits: &[u8]) -> Option<Vec<u8>> {
+    if digits.len() % 2 != 0 {
+        return None;
+    }
+    digits
+        .chunks_exact(2)
+        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
+        .collect()
+}
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
 /// Top-level `(key, value)` offsets of the map at `pos`; nothing if it is not a well-formed map.
 fn fields(term: &[u8], pos: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
     etf::map_fields(term, pos)

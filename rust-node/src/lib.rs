@@ -32,8 +32,9 @@ pub use identity::{id_hex, node_id_from_public_key, Identity, IdentityError};
 pub use macula_dht::DhtConfig;
 pub use macula_dht::NodeId;
 pub use node::{
-    Event, EventSink, Host, LookupKind, LookupReport, LookupSummary, Node, NodeConfig, NodeError,
-    Published, Status, Trouble,
+    Event, EventSink, FailoverError, Host, LookupKind, LookupReport, LookupSummary, Node,
+    NodeConfig, NodeError, PickError, Published, SelectConfig, Status, Strategy, Trouble,
+    UnknownStrategy,
 };
 pub use record::{service_key, Advertisement, Provider};
 pub use shared_store::SharedStore;

@@ -10,6 +10,7 @@
 //! owns the sockets.
 
 mod driver;
+mod picking;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,6 +29,9 @@ use crate::shared_store::SharedStore;
 use crate::transport::{Endpoint, TransportConfig, TransportError};
 use driver::{Begun, Shared};
 
+pub use macula_dht::select::{SelectConfig, Strategy, UnknownStrategy};
+pub use picking::{FailoverError, PickError, MAX_TRIES};
+
 pub use macula_dht::dht::{Event, LookupKind, LookupReport, LookupSummary, Published, Trouble};
 
 /// Receives a node's [`Event`]s, on the runtime's threads. It must be quick and must not block
@@ -44,6 +48,8 @@ pub struct NodeConfig {
     pub transport: TransportConfig,
     /// Limits of the store [`Node::start`] creates (a host passing its own store sets its own).
     pub store: StoreLimits,
+    /// How [`Node::pick`] caches providers and backs off from reported ones.
+    pub select: SelectConfig,
 }
 
 impl NodeConfig {
@@ -202,6 +208,8 @@ pub struct Host {
 pub struct Node {
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
+    /// Owned by the node's callers, apart from the engine: picks never wait on a lookup.
+    selector: parking_lot::Mutex<macula_dht::select::Selector>,
 }
 
 impl Node {
@@ -229,9 +237,14 @@ impl Node {
             .store
             .unwrap_or_else(|| Arc::new(SharedStore::new(config.store.clone())));
         let keypair = identity.keypair()?;
+        let selector = picking::selector(&config);
         let (shared, tasks) = Shared::launch(keypair, config, endpoint, store, host.events)?;
         tracing::debug!(addr = %shared.endpoint().local_addr(), id = %id_hex(&identity.id()), "node started");
-        Ok(Node { shared, tasks })
+        Ok(Node {
+            shared,
+            tasks,
+            selector,
+        })
     }
 
     /// This node's id.

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod procs;
+pub mod relay;
 
 use std::future::Future;
 use std::time::Duration;
