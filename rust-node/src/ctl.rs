@@ -14,6 +14,10 @@
 //! > {"cmd":"remove","service":"calc"}
 //! > {"cmd":"discover","service":"calc","want":2}
 //! < {"result":"providers","providers":[{"node_id":"ab12...","endpoint":"https://h:9443",...}]}
+//! > {"cmd":"pick","service":"calc","strategy":"least-loaded"}
+//! < {"result":"picked","provider":{"node_id":"ab12...","endpoint":"https://h:9443",...}}
+//! > {"cmd":"report_failure","service":"calc","node_id":"ab12..."}
+//! < {"result":"reported","skipped_for_ms":5000}
 //! > {"cmd":"status"}
 //! < {"result":"status","id":"...","addr":"127.0.0.1:4000","peers":7,...}
 //! < {"result":"error","message":"..."}
@@ -36,8 +40,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::config::DEFAULT_TTL_SECS;
-use crate::node::{Node, Published, Status};
-use crate::record::ProviderView;
+use crate::node::{Node, Published, Status, Strategy};
+use crate::record::{unhex, ProviderView};
 
 /// Longest request or reply line, in bytes.
 pub const MAX_LINE_BYTES: usize = 64 << 10;
@@ -87,8 +91,29 @@ pub enum CtlRequest {
         #[serde(default = "one")]
         want: usize,
     },
+    /// One provider of a service by a strategy, as [`Node::pick`]; answered with
+    /// [`CtlResponse::Picked`].
+    Pick {
+        /// The service name.
+        service: String,
+        /// `round-robin` (when absent), `random`, `least-loaded` or `nearest`.
+        #[serde(default = "round_robin")]
+        strategy: String,
+    },
+    /// The caller could not reach a provider, as [`Node::report_failure`]; answered with
+    /// [`CtlResponse::Reported`].
+    ReportFailure {
+        /// The service name.
+        service: String,
+        /// The provider's `node_id`, hex.
+        node_id: String,
+    },
     /// A snapshot of the node's state; answered with [`CtlResponse::Status`].
     Status,
+}
+
+fn round_robin() -> String {
+    Strategy::RoundRobin.name().to_string()
 }
 
 fn one() -> usize {
@@ -112,6 +137,16 @@ pub enum CtlResponse {
     Providers {
         /// The providers found, this node's own store first; empty when none was found.
         providers: Vec<ProviderView>,
+    },
+    /// The reply to `pick`.
+    Picked {
+        /// The provider chosen.
+        provider: ProviderView,
+    },
+    /// The reply to `report_failure`.
+    Reported {
+        /// How long `pick` now skips the provider, in milliseconds.
+        skipped_for_ms: u64,
     },
     /// The request could not be read, or the node failed to carry it out.
     Error {
@@ -324,11 +359,39 @@ async fn execute(node: &Node, request: CtlRequest) -> CtlResponse {
                 Err(e) => error(&e.to_string()),
             };
         }
+        CtlRequest::Pick { service, strategy } => return pick(node, &service, &strategy).await,
+        CtlRequest::ReportFailure { service, node_id } => {
+            return report_failure(node, &service, &node_id);
+        }
         CtlRequest::Status => return CtlResponse::Status(Box::new(node.status())),
     };
     match result {
         Ok(published) => CtlResponse::Published(published),
         Err(e) => error(&e.to_string()),
+    }
+}
+
+async fn pick(node: &Node, service: &str, strategy: &str) -> CtlResponse {
+    let strategy: Strategy = match strategy.parse() {
+        Ok(strategy) => strategy,
+        Err(e) => return error(&e.to_string()),
+    };
+    match node.pick(service, strategy).await {
+        Ok(provider) => CtlResponse::Picked {
+            provider: ProviderView::from(&provider),
+        },
+        Err(e) => error(&e.to_string()),
+    }
+}
+
+fn report_failure(node: &Node, service: &str, node_id: &str) -> CtlResponse {
+    let Some(node_id) = unhex(node_id.as_bytes()).filter(|id| !id.is_empty()) else {
+        return error(&format!("invalid node id {node_id:?}: expected hex"));
+    };
+    node.report_failure(service, &node_id);
+    let skipped = node.skipped_for(service, &node_id).unwrap_or_default();
+    CtlResponse::Reported {
+        skipped_for_ms: u64::try_from(skipped.as_millis()).unwrap_or(u64::MAX),
     }
 }
 

@@ -19,8 +19,10 @@ use macula_dht_node::config::{
     resolve_addr, ConfigError, RunOptions, RunSettings, DEFAULT_TTL_SECS,
 };
 use macula_dht_node::ctl::{self, CtlError, CtlRequest, CtlResponse, CtlServer};
-use macula_dht_node::record::{unix_now, ProviderView};
-use macula_dht_node::{id_hex, Identity, IdentityError, Node, NodeConfig, NodeError};
+use macula_dht_node::record::{unhex, unix_now, ProviderView};
+use macula_dht_node::{
+    id_hex, Identity, IdentityError, Node, NodeConfig, NodeError, Strategy, UnknownStrategy,
+};
 
 #[derive(Parser)]
 #[command(
@@ -151,6 +153,24 @@ enum CtlAction {
         /// Print the providers as a JSON list.
         #[arg(long)]
         json: bool,
+    },
+    /// Print one provider of SERVICE chosen by a strategy (exit 1 if there is none).
+    Pick {
+        service: String,
+        /// round-robin, random, least-loaded (metadata `load`) or nearest (measured round trip).
+        #[arg(long, default_value = "round-robin", value_parser = parse_strategy)]
+        strategy: Strategy,
+        /// Print the provider as a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tell the node that a provider of SERVICE could not be reached: `pick` skips it for a
+    /// back-off that doubles on each report (5 s up to 5 min), or until it is advertised again.
+    ReportFailure {
+        service: String,
+        /// The provider's node_id, hex (as `discover` and `pick` print it).
+        #[arg(value_parser = parse_hex_id)]
+        node_id: String,
     },
     /// Print the node's id, address, peers and stored records.
     Status {
@@ -396,19 +416,43 @@ fn print_providers(service: &str, found: &[ProviderView], json: bool) -> Result<
         writeln!(out, "{}", serde_json::Value::Array(list))?;
     } else {
         for p in found {
-            let ttl_left = p
-                .ttl_left(now)
-                .map_or_else(|| "?".to_string(), |s| s.to_string());
-            let metadata = serde_json::to_string(&p.metadata).unwrap_or_default();
-            writeln!(
-                out,
-                "node_id={} endpoint={} ttl_left={ttl_left}s metadata={metadata}",
-                p.node_id,
-                p.endpoint.as_deref().unwrap_or("-"),
-            )?;
+            writeln!(out, "{}", provider_line(p, now))?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_picked(provider: &ProviderView, json: bool) -> Result<ExitCode, Failure> {
+    let now = unix_now();
+    if json {
+        println!("{}", provider_json(provider, now));
+    } else {
+        println!("{}", provider_line(provider, now));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn provider_line(p: &ProviderView, now: u64) -> String {
+    let ttl_left = p
+        .ttl_left(now)
+        .map_or_else(|| "?".to_string(), |s| s.to_string());
+    let metadata = serde_json::to_string(&p.metadata).unwrap_or_default();
+    format!(
+        "node_id={} endpoint={} ttl_left={ttl_left}s metadata={metadata}",
+        p.node_id,
+        p.endpoint.as_deref().unwrap_or("-"),
+    )
+}
+
+fn parse_strategy(s: &str) -> Result<Strategy, String> {
+    s.parse().map_err(|e: UnknownStrategy| e.to_string())
+}
+
+fn parse_hex_id(s: &str) -> Result<String, String> {
+    match unhex(s.as_bytes()) {
+        Some(bytes) if !bytes.is_empty() => Ok(s.to_string()),
+        _ => Err("expected hex digits (an even number of them)".into()),
+    }
 }
 
 fn provider_json(p: &ProviderView, now: u64) -> serde_json::Value {
@@ -469,6 +513,37 @@ fn control(args: CtlArgs) -> Result<ExitCode, Failure> {
                 CtlResponse::Providers { providers } => print_providers(&service, &providers, json),
                 CtlResponse::Error { message } => Err(Failure::Message(message)),
                 _ => Err(Failure::Message("unexpected reply to discover".into())),
+            };
+        }
+        CtlAction::Pick {
+            service,
+            strategy,
+            json,
+        } => {
+            let request = CtlRequest::Pick {
+                service,
+                strategy: strategy.name().to_string(),
+            };
+            return match ctl::call(&args.socket, &request)? {
+                CtlResponse::Picked { provider } => print_picked(&provider, json),
+                CtlResponse::Error { message } => Err(Failure::Message(message)),
+                _ => Err(Failure::Message("unexpected reply to pick".into())),
+            };
+        }
+        CtlAction::ReportFailure { service, node_id } => {
+            let request = CtlRequest::ReportFailure {
+                service: service.clone(),
+                node_id: node_id.clone(),
+            };
+            return match ctl::call(&args.socket, &request)? {
+                CtlResponse::Reported { skipped_for_ms } => {
+                    println!("reported {node_id} of {service}: skipped for {skipped_for_ms} ms");
+                    Ok(ExitCode::SUCCESS)
+                }
+                CtlResponse::Error { message } => Err(Failure::Message(message)),
+                _ => Err(Failure::Message(
+                    "unexpected reply to report-failure".into(),
+                )),
             };
         }
     };
