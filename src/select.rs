@@ -249,8 +249,8 @@ impl Selector {
     }
 
     /// A caller could not reach the provider `node_id` of the service under `key`: skip it for
-    /// a while (longer each time it is reported again while skipped).
-    pub fn report_failure(&mut self, key: &[u8], node_id: &[u8], now: Time) {
+    /// a while (longer each time it is reported again while skipped). Returns for how long.
+    pub fn report_failure(&mut self, key: &[u8], node_id: &[u8], now: Time) -> Duration {
         let config = self.config.clone();
         let service = self.service(key, now);
         let current = service.providers.iter().find(|p| p.node_id == node_id);
@@ -279,6 +279,7 @@ impl Selector {
                 advertised_at: current.and_then(|p| p.advertised_at),
             },
         );
+        backoff
     }
 
     /// How long the provider `node_id` of the service under `key` is still skipped.
@@ -532,8 +533,9 @@ mod tests {
         let mut s = selector_with(three(), at(0));
         let mut backoffs = Vec::new();
         for _ in 0..9 {
-            s.report_failure(KEY, &[2], at(0));
-            backoffs.push(s.skipped_for(KEY, &[2], at(0)).unwrap().as_secs());
+            let backoff = s.report_failure(KEY, &[2], at(0));
+            assert_eq!(s.skipped_for(KEY, &[2], at(0)), Some(backoff));
+            backoffs.push(backoff.as_secs());
         }
         assert_eq!(backoffs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
         // A report after the back-off ended starts over.

@@ -388,8 +388,7 @@ fn report_failure(node: &Node, service: &str, node_id: &str) -> CtlResponse {
     let Some(node_id) = unhex(node_id.as_bytes()).filter(|id| !id.is_empty()) else {
         return error(&format!("invalid node id {node_id:?}: expected hex"));
     };
-    node.report_failure(service, &node_id);
-    let skipped = node.skipped_for(service, &node_id).unwrap_or_default();
+    let skipped = node.report_failure(service, &node_id);
     CtlResponse::Reported {
         skipped_for_ms: u64::try_from(skipped.as_millis()).unwrap_or(u64::MAX),
     }

@@ -175,10 +175,15 @@ async fn a_reported_provider_is_skipped_until_its_backoff_ends() {
     );
 
     // Reported twice while skipped: twice the back-off.
-    client.report_failure(SERVICE, &ids[1]);
-    client.report_failure(SERVICE, &ids[1]);
-    let left = client.skipped_for(SERVICE, &ids[1]).unwrap();
-    assert!(left > Duration::from_millis(1100), "{left:?}");
+    assert_eq!(
+        client.report_failure(SERVICE, &ids[1]),
+        Duration::from_millis(600)
+    );
+    assert_eq!(
+        client.report_failure(SERVICE, &ids[1]),
+        Duration::from_millis(1200)
+    );
+    assert!(client.skipped_for(SERVICE, &ids[1]).unwrap() > Duration::from_millis(1100));
     net.shutdown().await;
 }
 

@@ -78,12 +78,12 @@ impl Node {
 
     /// The caller could not reach the provider `node_id` of `service`: [`Node::pick`] skips it
     /// for a back-off (5 s, doubling on each report while skipped, up to 5 min) or until it is
-    /// advertised again.
-    pub fn report_failure(&self, service: &str, node_id: &[u8]) {
+    /// advertised again. Returns for how long.
+    pub fn report_failure(&self, service: &str, node_id: &[u8]) -> Duration {
         let now = self.shared.store().now();
         self.selector
             .lock()
-            .report_failure(&service_key(service), node_id, now);
+            .report_failure(&service_key(service), node_id, now)
     }
 
     /// How long the provider `node_id` of `service` is still skipped, if it is.

@@ -69,19 +69,20 @@ impl Procs {
         &self.dir
     }
 
-    /// Starts `rust-node run` on a random loopback port with a control socket, plus `args`.
+    /// Starts `rust-node run` with a control socket, plus `args`; on a random loopback port
+    /// unless `args` has a `--listen`.
     pub fn spawn_node(&mut self, name: &str, args: &[String]) -> Pending {
         let ctl = self.dir.join(format!("{name}.sock"));
-        let listen = format!("127.0.0.1:{}", random_port());
         let mut full = vec![
             "run".to_string(),
-            "--listen".into(),
-            listen,
             "--ctl".into(),
             ctl.display().to_string(),
             "--log".into(),
             "warn".into(),
         ];
+        if !args.iter().any(|a| a == "--listen") {
+            full.extend(["--listen".into(), format!("127.0.0.1:{}", random_port())]);
+        }
         full.extend_from_slice(args);
         let stderr = std::fs::File::create(self.dir.join(format!("{name}.err"))).unwrap();
         let mut child = Command::new(BIN)
