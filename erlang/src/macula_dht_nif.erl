@@ -10,7 +10,7 @@
          table_add/2, table_remove/2, table_closest/3, table_size/1, table_buckets/1,
          stats/1, sha256/1, settings/0,
          identity/1, net_check/1, net_start/3, net_events/2, net_find_value/4, net_store/3,
-         net_address/1, net_peers/1, net_rtt/2]).
+         net_address/1, net_peers/1, net_rtt/2, net_pick/4, net_report_failure/3]).
 
 -on_load(load/0).
 
@@ -244,3 +244,18 @@ net_peers(_Node) -> ?NIF_STUB.
           {ok, non_neg_integer()} | unknown
         | {error, not_networked | {invalid_node_id, not_32_bytes}}.
 net_rtt(_Node, _NodeId) -> ?NIF_STUB.
+
+%% @doc One provider of the service under `Key' picked by `Strategy' (skipping those reported
+%% with `net_report_failure/3'): `ok', then the caller gets `{macula_dht_lookup, Tag, Result}',
+%% `{ok, [Provider]}' or `{ok, []}' when there is none, or `{error, lookup_failed}'.
+-spec net_pick(handle(), Key :: term(), Strategy :: atom(), Tag :: term()) ->
+          ok | {error, {invalid_key, not_a_binary} | not_networked | overloaded
+                     | {invalid_strategy, atom()}}.
+net_pick(_Node, _Key, _Strategy, _Tag) -> ?NIF_STUB.
+
+%% @doc The provider `NodeId' of the service under `Key' could not be reached: `net_pick/4'
+%% skips it for the back-off returned, in milliseconds.
+-spec net_report_failure(handle(), Key :: term(), NodeId :: term()) ->
+          {ok, non_neg_integer()}
+        | {error, {invalid_key, not_a_binary} | {invalid_node_id, term()} | not_networked}.
+net_report_failure(_Node, _Key, _NodeId) -> ?NIF_STUB.

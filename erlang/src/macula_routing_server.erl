@@ -25,7 +25,7 @@
          handle_message/2, handle_message_async/2]).
 %% Beyond the contract
 -export([stats/1, node_id/1, address/1, peers/1, rtt/2, subscribe/2, unsubscribe/1,
-         publishers/2]).
+         publishers/2, pick/3, report_failure/3]).
 
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
@@ -59,7 +59,9 @@
                  | node_id
                  | address
                  | peers
-                 | {rtt, NodeId :: term()}.
+                 | {rtt, NodeId :: term()}
+                 | {pick, ServiceId :: term(), Strategy :: term()}
+                 | {report_failure, ServiceId :: term(), NodeId :: term()}.
 %% Everything `execute/2' answers; each API function's spec says which part is its own.
 -type reply() :: ok | not_found | unknown | error()
                | {ok, [provider()] | [binary()] | address() | [{provider(), binary() | local}]
@@ -244,6 +246,27 @@ peers(Server) -> run(Server, peers).
         | {error, not_networked | {invalid_node_id, not_32_bytes}}.
 rtt(Server, NodeId) -> run(Server, {rtt, NodeId}).
 
+%% @doc One provider of the service `ServiceId' (its key is `sha256(ServiceId)'), chosen by
+%% `Strategy': `round_robin' (each in turn, per service, by `node_id' order), `random',
+%% `least_loaded' (smallest numeric `load' in its metadata; without one last) or `nearest'
+%% (smallest round-trip time from this node to the node that published it; unknown last). The
+%% providers come from one lookup and serve picks for 5 s; those reported with
+%% `report_failure/3' are skipped, and when all are, one fresh lookup decides. The same picker
+%% as `rust-node ctl pick'. Network mode only, like `rtt/2'; callers with a
+%% `macula_service_registry' can pick from its cache instead.
+-spec pick(server(), binary(), macula_service_registry:strategy()) ->
+          {ok, provider()}
+        | {error, no_providers | not_networked | timeout | lookup_failed | overloaded
+                | {invalid_service_id, term()} | {invalid_strategy, term()}}.
+pick(Server, ServiceId, Strategy) -> run(Server, {pick, ServiceId, Strategy}).
+
+%% @doc The caller could not reach the provider `NodeId' of `ServiceId': `pick/3' skips it for
+%% 5 s, twice as long on each report while it is skipped (at most 5 minutes), or until it is
+%% advertised again.
+-spec report_failure(server(), binary(), binary()) ->
+          ok | {error, not_networked | {invalid_service_id, term()} | {invalid_node_id, term()}}.
+report_failure(Server, ServiceId, NodeId) -> run(Server, {report_failure, ServiceId, NodeId}).
+
 %% @doc Sends the calling process `{macula_dht_event, Event}' for each event of the given kinds
 %% (`peers': `{peer_up, NodeInfo}', `{peer_down, NodeInfo}'; `lookups': `{lookup, Summary}')
 %% until `unsubscribe/1' or its exit. A second call replaces the kinds.
@@ -326,6 +349,25 @@ execute(peers, #node{handle = H}) ->
     macula_dht_nif:net_peers(H);
 execute({rtt, NodeId}, #node{handle = H}) ->
     macula_dht_nif:net_rtt(H, NodeId);
+execute({Picking, _ServiceId, _}, #node{lookup_timeout = undefined})
+  when Picking =:= pick; Picking =:= report_failure ->
+    {error, not_networked};
+execute({pick, ServiceId, Strategy}, #node{handle = H} = Node) when is_binary(ServiceId) ->
+    Tag = make_ref(),
+    case macula_dht_nif:net_pick(H, macula_dht_nif:sha256(ServiceId), Strategy, Tag) of
+        ok -> picked(await_lookup(Node, Tag));
+        {error, {invalid_strategy, _}} = Error -> Error;
+        {error, Reason} when Reason =:= overloaded; Reason =:= not_networked -> {error, Reason}
+    end;
+execute({report_failure, ServiceId, NodeId}, #node{handle = H})
+  when is_binary(ServiceId), is_binary(NodeId) ->
+    {ok, _BackoffMs} = macula_dht_nif:net_report_failure(H, macula_dht_nif:sha256(ServiceId),
+                                                          NodeId),
+    ok;
+execute({report_failure, ServiceId, NodeId}, _Node) when is_binary(ServiceId) ->
+    {error, {invalid_node_id, NodeId}};
+execute({Picking, ServiceId, _}, _Node) when Picking =:= pick; Picking =:= report_failure ->
+    {error, {invalid_service_id, ServiceId}};
 execute(_Unknown, _Node) ->
     {error, unknown_request}.
 
@@ -335,25 +377,33 @@ execute(_Unknown, _Node) ->
 %% that no peer answered still returns `{ok, Providers}' (what this node holds), as callers
 %% expect, but is logged and counted, so that it is not mistaken for a key nobody provides.
 -spec network_find_value(#node{}, Key :: term(), K :: term()) -> {ok, [provider()]} | error().
-network_find_value(#node{handle = H, lookup_timeout = Timeout} = Node, Key, K)
+network_find_value(#node{handle = H} = Node, Key, K)
   when is_integer(K), K > 0, K =< ?MAX_WANT ->
     Tag = make_ref(),
     case macula_dht_nif:net_find_value(H, Key, K, Tag) of
-        ok ->
-            receive
-                {macula_dht_lookup, Tag, {no_answer, Providers}} ->
-                    log_no_answer(Node, length(Providers)),
-                    {ok, Providers};
-                {macula_dht_lookup, Tag, Result} ->
-                    Result
-            after Timeout + ?LOOKUP_GRACE_MS ->
-                {error, timeout}
-            end;
-        Answered ->
-            Answered
+        ok -> await_lookup(Node, Tag);
+        Answered -> Answered
     end;
 network_find_value(_Node, _Key, K) ->
     {error, {invalid_count, K}}.
+
+%% The outcome of the lookup the NIF runs for `Tag', within the node's lookup timeout.
+-spec await_lookup(#node{}, reference()) -> {ok, [provider()]} | error().
+await_lookup(#node{lookup_timeout = Timeout} = Node, Tag) ->
+    receive
+        {macula_dht_lookup, Tag, {no_answer, Providers}} ->
+            log_no_answer(Node, length(Providers)),
+            {ok, Providers};
+        {macula_dht_lookup, Tag, Result} ->
+            Result
+    after Timeout + ?LOOKUP_GRACE_MS ->
+        {error, timeout}
+    end.
+
+-spec picked({ok, [provider()]} | error()) -> {ok, provider()} | error().
+picked({ok, [Provider]}) -> {ok, Provider};
+picked({ok, []}) -> {error, no_providers};
+picked({error, _} = Error) -> Error.
 
 %% Logs a lookup that got no answer, at most once per `?NO_ANSWER_LOG_MS' whichever process ran
 %% it: an isolated node's callers would otherwise fill the log.
@@ -417,8 +467,8 @@ join(#node{handle = H} = Node, IdentityKey, #{network := Network} = Config) ->
 %% A network lookup through a raw call runs in a process of its own, so this server stays free.
 -spec handle_call(term(), gen_server:from(), #state{}) ->
           {reply, reply() | closed, #state{}} | {noreply, #state{}}.
-handle_call({find_value, _Key, _K} = Request, From, #state{node = Node} = State)
-  when Node#node.lookup_timeout =/= undefined ->
+handle_call({Lookup, _, _} = Request, From, #state{node = Node} = State)
+  when Node#node.lookup_timeout =/= undefined, (Lookup =:= find_value orelse Lookup =:= pick) ->
     spawn(fun() -> gen_server:reply(From, execute(Request, Node)) end),
     {noreply, State};
 handle_call({subscribe, Pid, Kinds}, _From, State) ->

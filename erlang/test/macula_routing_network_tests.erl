@@ -153,7 +153,8 @@ single_networked_node_test_() ->
         ?_test(stats_have_the_network_counters(P)),
         ?_test(published_records_carry_the_servers_key(P)),
         ?_test(a_lookup_nobody_answered_is_counted(P)),
-        ?_test(subscriptions_are_checked(P))
+        ?_test(subscriptions_are_checked(P)),
+        ?_test(picks_rotate_and_skip_reported_providers(P))
      ] end}.
 
 alone_it_answers_for_every_key(P) ->
@@ -216,6 +217,45 @@ published_records_carry_the_servers_key(P) ->
     ok = macula_routing_server:store(P, Key, Own),
     {ok, Four} = macula_routing_server:publishers(P, Key),
     ?assertEqual([Publisher], [Pub || {#{endpoint := <<"https://own:1">>}, Pub} <- Four]).
+
+%% The server's picker (the one `rust-node ctl pick' uses) over the providers this node holds.
+picks_rotate_and_skip_reported_providers(P) ->
+    Service = <<"picked.service">>,
+    Key = macula_dht_nif:sha256(Service),
+    [ok = macula_routing_server:store(P, Key, #{node_id => Id, endpoint => <<"https://", Id/binary>>,
+                                                metadata => #{load => Load}})
+     || {Id, Load} <- [{<<"c">>, 5}, {<<"a">>, 9}, {<<"b">>, 1}]],
+    Pick = fun(Strategy) ->
+                   {ok, #{node_id := Id}} = macula_routing_server:pick(P, Service, Strategy),
+                   Id
+           end,
+    ?assertEqual([<<"a">>, <<"b">>, <<"c">>, <<"a">>, <<"b">>, <<"c">>],
+                 [Pick(round_robin) || _ <- lists:seq(1, 6)]),
+    ?assertEqual(<<"b">>, Pick(least_loaded)),
+    ok = macula_routing_server:report_failure(P, Service, <<"b">>),
+    ?assertEqual(<<"c">>, Pick(least_loaded)),
+    ?assertEqual([<<"a">>, <<"c">>], lists:usort([Pick(random) || _ <- lists:seq(1, 40)])),
+    [ok = macula_routing_server:report_failure(P, Service, Id) || Id <- [<<"a">>, <<"c">>]],
+    ?assertEqual({error, no_providers}, macula_routing_server:pick(P, Service, random)),
+    ?assertEqual({error, no_providers}, macula_routing_server:pick(P, <<"nobody">>, random)),
+    ?assertEqual({error, {invalid_strategy, fastest}},
+                 macula_routing_server:pick(P, Service, fastest)),
+    ?assertEqual({error, {invalid_service_id, "s"}},
+                 macula_routing_server:pick(P, "s", random)),
+    ?assertEqual({error, {invalid_node_id, 42}},
+                 macula_routing_server:report_failure(P, Service, 42)),
+    %% Through a raw call too (another process's view of the server).
+    ?assertEqual({error, no_providers}, gen_server:call(P, {pick, Service, nearest})).
+
+pick_needs_the_network_test() ->
+    P = start(#{}),
+    try
+        ?assertEqual({error, not_networked}, macula_routing_server:pick(P, <<"s">>, random)),
+        ?assertEqual({error, not_networked},
+                     macula_routing_server:report_failure(P, <<"s">>, <<"a">>))
+    after
+        stop(P)
+    end.
 
 %% Alone, a miss asks no one: the caller gets the old `{ok, []}', and the failure is counted
 %% (and logged), so that it is not mistaken for a service nobody provides.

@@ -29,7 +29,8 @@ use macula_dht::settings::{self, Setting, SettingError};
 use macula_dht::wire::{NodeInfo, PROTOCOL_VERSION};
 use macula_dht_node::config::resolve_addr;
 use macula_dht_node::{
-    DhtConfig, Event, Host, Identity, LookupKind, LookupSummary, NodeConfig, NodeError,
+    DhtConfig, Event, Host, Identity, LookupKind, LookupSummary, NodeConfig, NodeError, PickError,
+    Strategy,
 };
 use rustler::env::{OwnedEnv, SavedTerm};
 use rustler::types::tuple::make_tuple;
@@ -57,7 +58,7 @@ mod net_atoms {
         address, kind, target, providers, queried, failed, hops, elapsed_us, timed_out,
         bootstrap_addrs = "bootstrap", lookup_timeout_ms, request_timeout_ms, alpha,
         find_node, find_value, no_answer, publisher_share_pct, peer_stores_per_s, wrong_publisher,
-        unknown, not_32_bytes,
+        unknown, not_32_bytes, invalid_strategy,
     }
 }
 
@@ -468,6 +469,68 @@ fn net_rtt<'a>(env: Env<'a>, node: &Node, peer: Term<'a>) -> Term<'a> {
         Some(rtt) => (atoms::ok(), rtt.as_micros() as u64).encode(env),
         None => net_atoms::unknown().encode(env),
     }
+}
+
+/// One provider of the service under `key` by `strategy` (`round_robin`, `random`,
+/// `least_loaded` or `nearest`), as `Node::pick`: `ok` at once, then the caller gets
+/// `{macula_dht_lookup, Tag, {ok, [Provider]}}`, or `{ok, []}` when there is none.
+#[rustler::nif]
+fn net_pick<'a>(
+    env: Env<'a>,
+    node: &Node,
+    key: Term<'a>,
+    strategy: Atom,
+    tag: Term<'a>,
+) -> Term<'a> {
+    let Ok(key) = Binary::from_term(key) else {
+        return reply::invalid_key(env);
+    };
+    let Some(net) = node.net() else {
+        return reply::error(env, net_atoms::not_networked());
+    };
+    let Some(strategy) = strategy
+        .to_term(env)
+        .atom_to_string()
+        .ok()
+        .and_then(|name| name.parse::<Strategy>().ok())
+    else {
+        return reply::error(env, (net_atoms::invalid_strategy(), strategy));
+    };
+    let Some(slot) = TaskSlot::take(&net.tasks) else {
+        return reply::error(env, net_atoms::overloaded());
+    };
+    let reply = LookupReply::new(env.pid(), tag);
+    let key = key.as_slice().to_vec();
+    let picker = net.node.clone();
+    net.runtime.spawn(async move {
+        let _slot = slot;
+        // On a node error the reply is dropped unsent: `{error, lookup_failed}`.
+        match picker.pick_by_key(&key, strategy).await {
+            Ok(provider) => reply.providers(&[provider.term], true),
+            Err(PickError::NoProviders) => reply.providers(&[], true),
+            Err(PickError::Node(_)) => {}
+        }
+    });
+    atoms::ok().encode(env)
+}
+
+/// The caller could not reach the provider `node_id` of the service under `key`: `pick` skips
+/// it for a back-off. `{ok, BackoffMs}`.
+#[rustler::nif]
+fn net_report_failure<'a>(env: Env<'a>, node: &Node, key: Term<'a>, node_id: Term<'a>) -> Term<'a> {
+    let Ok(key) = Binary::from_term(key) else {
+        return reply::invalid_key(env);
+    };
+    let Ok(node_id) = Binary::from_term(node_id) else {
+        return reply::error(env, (atoms::invalid_node_id(), node_id));
+    };
+    let Some(net) = node.net() else {
+        return reply::error(env, net_atoms::not_networked());
+    };
+    let backoff = net
+        .node
+        .report_failure_by_key(key.as_slice(), node_id.as_slice());
+    (atoms::ok(), backoff.as_millis() as u64).encode(env)
 }
 
 /// Counters of the network side (zeros without one), as `[{Name, Count}]`, and whether the

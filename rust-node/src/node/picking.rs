@@ -53,7 +53,11 @@ impl Node {
     /// reported). Providers reported with [`Node::report_failure`] are skipped for their
     /// back-off.
     pub async fn pick(&self, service: &str, strategy: Strategy) -> Result<Provider, PickError> {
-        let key = service_key(service);
+        self.pick_by_key(&service_key(service), strategy).await
+    }
+
+    /// [`Node::pick`] of the service whose DHT key is `key`.
+    pub async fn pick_by_key(&self, key: &[u8], strategy: Strategy) -> Result<Provider, PickError> {
         let mut fetched = false;
         loop {
             let now = self.shared.store().now();
@@ -66,9 +70,9 @@ impl Node {
             match choice {
                 Choice::Picked(provider) => return Ok(provider),
                 Choice::Fetch if !fetched => {
-                    let providers = self.providers(&key, self.config().dht.k).await?;
+                    let providers = self.providers(key, self.config().dht.k).await?;
                     let now = self.shared.store().now();
-                    self.selector.lock().refresh(&key, providers, now);
+                    self.selector.lock().refresh(key, providers, now);
                     fetched = true;
                 }
                 Choice::Fetch | Choice::NoProviders => return Err(PickError::NoProviders),
@@ -80,10 +84,13 @@ impl Node {
     /// for a back-off (5 s, doubling on each report while skipped, up to 5 min) or until it is
     /// advertised again. Returns for how long.
     pub fn report_failure(&self, service: &str, node_id: &[u8]) -> Duration {
+        self.report_failure_by_key(&service_key(service), node_id)
+    }
+
+    /// [`Node::report_failure`] for the service whose DHT key is `key`.
+    pub fn report_failure_by_key(&self, key: &[u8], node_id: &[u8]) -> Duration {
         let now = self.shared.store().now();
-        self.selector
-            .lock()
-            .report_failure(&service_key(service), node_id, now)
+        self.selector.lock().report_failure(key, node_id, now)
     }
 
     /// How long the provider `node_id` of `service` is still skipped, if it is.
