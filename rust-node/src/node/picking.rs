@@ -66,7 +66,7 @@ impl Node {
             let choice = self
                 .selector
                 .lock()
-                .pick(&key, strategy, now, random, &rtts);
+                .pick(key, strategy, now, random, &rtts);
             match choice {
                 Choice::Picked(provider) => return Ok(provider),
                 Choice::Fetch if !fetched => {
