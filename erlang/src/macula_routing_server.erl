@@ -352,7 +352,8 @@ execute({rtt, NodeId}, #node{handle = H}) ->
 execute({Picking, _ServiceId, _}, #node{lookup_timeout = undefined})
   when Picking =:= pick; Picking =:= report_failure ->
     {error, not_networked};
-execute({pick, ServiceId, Strategy}, #node{handle = H} = Node) when is_binary(ServiceId) ->
+execute({pick, ServiceId, Strategy}, #node{handle = H} = Node)
+  when is_binary(ServiceId), is_atom(Strategy) ->
     Tag = make_ref(),
     case macula_dht_nif:net_pick(H, macula_dht_nif:sha256(ServiceId), Strategy, Tag) of
         ok -> picked(await_lookup(Node, Tag));
@@ -366,6 +367,8 @@ execute({report_failure, ServiceId, NodeId}, #node{handle = H})
     ok;
 execute({report_failure, ServiceId, NodeId}, _Node) when is_binary(ServiceId) ->
     {error, {invalid_node_id, NodeId}};
+execute({pick, ServiceId, Strategy}, _Node) when is_binary(ServiceId) ->
+    {error, {invalid_strategy, Strategy}};
 execute({Picking, ServiceId, _}, _Node) when Picking =:= pick; Picking =:= report_failure ->
     {error, {invalid_service_id, ServiceId}};
 execute(_Unknown, _Node) ->

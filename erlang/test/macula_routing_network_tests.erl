@@ -240,6 +240,8 @@ picks_rotate_and_skip_reported_providers(P) ->
     ?assertEqual({error, no_providers}, macula_routing_server:pick(P, <<"nobody">>, random)),
     ?assertEqual({error, {invalid_strategy, fastest}},
                  macula_routing_server:pick(P, Service, fastest)),
+    ?assertEqual({error, {invalid_strategy, "random"}},
+                 macula_routing_server:pick(P, Service, "random")),
     ?assertEqual({error, {invalid_service_id, "s"}},
                  macula_routing_server:pick(P, "s", random)),
     ?assertEqual({error, {invalid_node_id, 42}},

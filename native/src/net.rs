@@ -379,20 +379,31 @@ fn net_find_value<'a>(
         Ok(_) => {}
         Err(reply) => return reply,
     }
-    let Some(slot) = TaskSlot::take(&net.tasks) else {
-        return reply::error(env, net_atoms::overloaded());
-    };
-    let reply = LookupReply::new(env.pid(), tag);
     let key = key.as_slice().to_vec();
-    let lookup = net.node.clone();
-    net.runtime.spawn(async move {
-        let _slot = slot;
-        // On an error the reply is dropped unsent: `{error, lookup_failed}`.
+    for_caller(env, &net, tag, |lookup, reply| async move {
         if let Ok((found, report)) = lookup.providers_report(&key, want).await {
             let terms: Vec<Vec<u8>> = found.into_iter().map(|p| p.term).collect();
             let answered = report.is_none_or(|r| r.answered > 0);
             reply.providers(&terms, answered);
         }
+    })
+}
+
+/// Runs `work` on the node's runtime for a caller that waits for `{macula_dht_lookup, Tag,
+/// Result}` (a reply dropped unsent is `{error, lookup_failed}`): `ok`, or `{error,
+/// overloaded}` when too many are running.
+fn for_caller<'a, F, Fut>(env: Env<'a>, net: &Net, tag: Term<'a>, work: F) -> Term<'a>
+where
+    F: FnOnce(Arc<macula_dht_node::Node>, LookupReply) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let Some(slot) = TaskSlot::take(&net.tasks) else {
+        return reply::error(env, net_atoms::overloaded());
+    };
+    let running = work(net.node.clone(), LookupReply::new(env.pid(), tag));
+    net.runtime.spawn(async move {
+        let _slot = slot;
+        running.await;
     });
     atoms::ok().encode(env)
 }
@@ -496,22 +507,14 @@ fn net_pick<'a>(
     else {
         return reply::error(env, (net_atoms::invalid_strategy(), strategy));
     };
-    let Some(slot) = TaskSlot::take(&net.tasks) else {
-        return reply::error(env, net_atoms::overloaded());
-    };
-    let reply = LookupReply::new(env.pid(), tag);
     let key = key.as_slice().to_vec();
-    let picker = net.node.clone();
-    net.runtime.spawn(async move {
-        let _slot = slot;
-        // On a node error the reply is dropped unsent: `{error, lookup_failed}`.
+    for_caller(env, &net, tag, |picker, reply| async move {
         match picker.pick_by_key(&key, strategy).await {
             Ok(provider) => reply.providers(&[provider.term], true),
             Err(PickError::NoProviders) => reply.providers(&[], true),
             Err(PickError::Node(_)) => {}
         }
-    });
-    atoms::ok().encode(env)
+    })
 }
 
 /// The caller could not reach the provider `node_id` of the service under `key`: `pick` skips
