@@ -102,6 +102,9 @@ pub struct Lookup<A> {
     /// At most `max_queries` + the candidates reported failed before being queried.
     excluded: HashSet<NodeId>,
     in_flight: usize,
+    /// Queries out longer than their peer usually takes: still awaited, but their slots are
+    /// given to the next candidates, so a dead peer does not hold the lookup back.
+    stalled: usize,
     providers: Vec<FoundProvider>,
     provider_ids: HashSet<Vec<u8>>,
     hops: u32,
@@ -126,6 +129,7 @@ struct Candidate<A> {
 enum State {
     Waiting,
     InFlight,
+    Stalled,
     Answered,
 }
 
@@ -147,6 +151,7 @@ impl<A: Clone> Lookup<A> {
             config,
             excluded: HashSet::new(),
             in_flight: 0,
+            stalled: 0,
             providers: Vec::new(),
             provider_ids: HashSet::new(),
             hops: 0,
@@ -225,12 +230,13 @@ impl<A: Clone> Lookup<A> {
         let Some(c) = self.candidates.get_mut(at) else {
             return;
         };
-        if c.state != State::InFlight {
-            return;
+        match c.state {
+            State::InFlight => self.in_flight -= 1,
+            State::Stalled => self.stalled -= 1,
+            State::Waiting | State::Answered => return,
         }
         c.state = State::Answered;
         let hop = c.hop.saturating_add(1);
-        self.in_flight -= 1;
         self.answered += 1;
         if self.providers_reached() {
             return;
@@ -268,6 +274,10 @@ impl<A: Clone> Lookup<A> {
                 self.in_flight -= 1;
                 self.failed += 1;
             }
+            State::Stalled => {
+                self.stalled -= 1;
+                self.failed += 1;
+            }
             State::Waiting => {
                 self.excluded.insert(c.id);
             }
@@ -275,14 +285,31 @@ impl<A: Clone> Lookup<A> {
         self.candidates.remove(at);
     }
 
-    /// True when enough providers are known (`want_providers`), or when nothing is in flight and
-    /// no candidate among the k closest non-failed is left unqueried (which covers "every peer
-    /// failed"), or when `max_queries` were sent and nothing is in flight.
+    /// `peer`'s query is out longer than that peer usually takes to answer: its slot goes to the
+    /// next candidate, while its answer (or failure) is still awaited and counted. Ignored
+    /// unless `peer` is in flight.
+    pub fn stalled(&mut self, peer: &NodeId) {
+        let Some(c) = self
+            .position(peer)
+            .and_then(|at| self.candidates.get_mut(at))
+        else {
+            return;
+        };
+        if c.state == State::InFlight {
+            c.state = State::Stalled;
+            self.in_flight -= 1;
+            self.stalled += 1;
+        }
+    }
+
+    /// True when enough providers are known (`want_providers`), or when nothing is in flight
+    /// (stalled or not) and no candidate among the k closest non-failed is left unqueried (which
+    /// covers "every peer failed"), or when `max_queries` were sent and nothing is in flight.
     pub fn is_finished(&self) -> bool {
         if self.providers_reached() {
             return true;
         }
-        if self.in_flight > 0 {
+        if self.in_flight > 0 || self.stalled > 0 {
             return false;
         }
         self.queried >= self.config.max_queries
@@ -396,7 +423,7 @@ impl<A: Clone> Lookup<A> {
             .rev()
             .find(|(i, c)| match c.state {
                 State::Waiting => true,
-                State::InFlight => false,
+                State::InFlight | State::Stalled => false,
                 State::Answered => *i > protected_until,
             })
             .map(|(i, _)| i);
@@ -460,6 +487,39 @@ mod tests {
         assert_eq!(ids(&l.next_queries()), vec![4]);
         assert!(l.next_queries().is_empty());
         assert_eq!(l.in_flight(), 3);
+    }
+
+    #[test]
+    fn a_stalled_query_gives_its_slot_away_and_is_still_awaited() {
+        let mut l = Lookup::new(target(), config(3, 2), peers(1..=4));
+        assert_eq!(ids(&l.next_queries()), vec![1, 2]);
+        l.stalled(&id(1));
+        l.stalled(&id(1));
+        l.stalled(&id(9));
+        assert_eq!(l.in_flight(), 1, "stalled twice or unknown: counted once");
+        assert_eq!(ids(&l.next_queries()), vec![3]);
+        l.on_response(&id(2), peers([]), NO_PROVIDERS);
+        l.on_response(&id(3), peers([]), NO_PROVIDERS);
+        assert!(
+            l.next_queries().is_empty(),
+            "the 3 closest are asked, one still out"
+        );
+        assert!(!l.is_finished(), "the stalled one may still answer");
+        l.on_response(&id(1), peers([]), NO_PROVIDERS);
+        assert!(l.is_finished());
+        assert_eq!(l.outcome().answered, 3);
+
+        // A stalled query that fails is counted as failed, and the next candidate is asked.
+        let mut l = Lookup::new(target(), config(2, 1), peers(1..=3));
+        assert_eq!(ids(&l.next_queries()), vec![1]);
+        l.stalled(&id(1));
+        assert_eq!(ids(&l.next_queries()), vec![2]);
+        l.on_failure(&id(1));
+        l.on_response(&id(2), peers([]), NO_PROVIDERS);
+        assert_eq!(ids(&l.next_queries()), vec![3]);
+        l.on_response(&id(3), peers([]), NO_PROVIDERS);
+        assert!(l.is_finished());
+        assert_eq!((l.outcome().answered, l.outcome().failed), (2, 1));
     }
 
     #[test]

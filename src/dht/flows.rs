@@ -170,6 +170,10 @@ impl<S: StoreAccess> Cx<'_, S> {
             .dht
             .health
             .timeout(to.as_ref(), self.dht.config.request_timeout);
+        let stall_after = match (&purpose, to) {
+            (Purpose::Lookup(_), Some(id)) => self.dht.health.stall_after(&id, timeout),
+            _ => None,
+        };
         let rpc = Rpc {
             id: rpc_id,
             to,
@@ -178,6 +182,7 @@ impl<S: StoreAccess> Cx<'_, S> {
             purpose,
             sent: self.now,
             deadline: self.now + timeout,
+            stall_at: stall_after.map(|after| self.now + after),
         };
         if self.dht.ops.rpcs.len() >= self.dht.config.max_requests {
             self.dht.stats.requests_dropped += 1;
@@ -194,8 +199,7 @@ impl<S: StoreAccess> Cx<'_, S> {
                 request: rpc.request.clone(),
                 timeout,
             }));
-        self.dht.ops.rpc_deadlines.insert((rpc.deadline, rpc_id));
-        self.dht.ops.rpcs.insert(rpc_id, rpc);
+        self.dht.ops.put_rpc(rpc);
         Some(rpc_id)
     }
 
@@ -538,6 +542,21 @@ impl<S: StoreAccess> Cx<'_, S> {
             self.run_lookup(next);
         }
         self.dht.ops.filling = false;
+    }
+
+    /// A lookup's query is out longer than its peer usually takes: the lookup asks the next
+    /// candidate meanwhile.
+    pub(super) fn lookup_stalled(&mut self, rpc: RpcId) {
+        let Some((op, peer)) = self.dht.ops.rpcs.get(&rpc).and_then(|r| match r.purpose {
+            Purpose::Lookup(op) => Some((op, r.to?)),
+            _ => None,
+        }) else {
+            return;
+        };
+        if let Some(state) = self.lookup_mut(op) {
+            state.lookup.stalled(&peer);
+            self.advance_lookup(op);
+        }
     }
 
     /// Sends what the lookup hands out; ends it when it is finished.

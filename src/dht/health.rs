@@ -26,6 +26,9 @@ use crate::NodeId;
 /// The shortest a request may be given, however fast its peer usually answers: a peer busy for a
 /// moment is not taken for dead.
 pub const MIN_TIMEOUT: Duration = Duration::from_millis(100);
+/// The earliest a lookup gives the slot of an unanswered query to the next candidate: live peers
+/// answer later than usual now and then (a busy host), and each early give-away costs a query.
+pub const MIN_STALL: Duration = Duration::from_millis(10);
 /// How long a peer stays suspect after its first failure; doubled for each further one.
 pub const SUSPECT_FOR: Duration = Duration::from_secs(5);
 /// Longest a peer stays suspect after one failure.
@@ -160,13 +163,15 @@ impl Health {
         evict
     }
 
-    /// Whether `id` failed of late and should not be asked or offered before its time is up.
+    /// Whether `id` failed of late and should not be asked or offered: before its time is up,
+    /// and after it until its probe goes out (so that no lookup asks it first), unless it
+    /// answered since.
     pub(crate) fn is_suspect(&self, id: &NodeId, now: Time) -> bool {
         self.failing.may_hold(id)
-            && self
-                .peers
-                .get(id)
-                .is_some_and(|p| p.failures > 0 && p.suspect_until > now)
+            && self.peers.get(id).is_some_and(|p| {
+                p.failures > 0
+                    && (p.suspect_until > now || self.waiting.contains(&(p.suspect_until, *id)))
+            })
     }
 
     /// Peers that failed of late and whose suspect time is up at `now`, each returned once: to
@@ -204,6 +209,15 @@ impl Health {
             .min(cap)
     }
 
+    /// When a lookup stops holding a slot for `id`'s answer (it still takes it until `timeout`):
+    /// once `id` is later than it usually is, at least [`MIN_STALL`] after sending. `None` when
+    /// that would not come before `timeout`, or nothing was measured yet.
+    pub(crate) fn stall_after(&self, id: &NodeId, timeout: Duration) -> Option<Duration> {
+        let rtt = self.peers.get(id).and_then(|p| p.rtt).or(self.all)?;
+        let after = rtt.timeout().max(MIN_STALL);
+        (after < timeout).then_some(after)
+    }
+
     /// `id`'s smoothed round-trip time, if it ever answered.
     pub(crate) fn rtt(&self, id: &NodeId) -> Option<Duration> {
         self.peers
@@ -214,9 +228,9 @@ impl Health {
 
     /// Peers suspect at `now`.
     pub(crate) fn suspects(&self, now: Time) -> usize {
-        self.waiting
-            .iter()
-            .filter(|(until, _)| *until > now)
+        self.peers
+            .keys()
+            .filter(|id| self.is_suspect(id, now))
             .count()
     }
 
@@ -306,9 +320,18 @@ mod tests {
             "more time after a failure"
         );
         assert!(h.is_suspect(&id(1), at(4_999)));
-        assert!(!h.is_suspect(&id(1), at(5_000)));
-        assert_eq!(h.due_probes(at(5_000)), [id(1)]);
-        assert!(h.due_probes(at(5_000)).is_empty(), "once");
+        assert!(
+            h.is_suspect(&id(1), at(5_600)),
+            "its time is up, but no probe went out yet"
+        );
+        assert_eq!(h.suspects(at(5_600)), 1);
+        assert_eq!(h.due_probes(at(5_600)), [id(1)]);
+        assert!(h.due_probes(at(5_600)).is_empty(), "once");
+        assert!(
+            !h.is_suspect(&id(1), at(5_600)),
+            "not probed (not in the table): may be asked again"
+        );
+        assert_eq!(h.suspects(at(5_600)), 0);
         assert!(!h.failed(id(1), at(5_000)));
         assert!(
             h.is_suspect(&id(1), at(14_999)),

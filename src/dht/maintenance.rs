@@ -83,6 +83,9 @@ impl<S: StoreAccess> Cx<'_, S> {
         while let Some(op) = self.dht.ops.overdue_lookup(now) {
             self.finish_lookup(op, true);
         }
+        while let Some(rpc) = self.dht.ops.stalled_rpc(now) {
+            self.lookup_stalled(rpc);
+        }
         self.resume_handoff();
         if self.dht.config.serve {
             if self.dht.timers.next_tick <= now {

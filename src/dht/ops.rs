@@ -30,6 +30,9 @@ pub(crate) struct Rpc {
     pub purpose: Purpose,
     pub sent: Time,
     pub deadline: Time,
+    /// For a lookup's query: when the lookup stops holding a slot for it (see
+    /// [`crate::lookup::Lookup::stalled`]).
+    pub stall_at: Option<Time>,
 }
 
 /// What a request's outcome is for.
@@ -62,6 +65,8 @@ pub(crate) struct Ops {
     pub lookup_deadlines: BTreeSet<(Time, OpId)>,
     pub rpcs: BTreeMap<RpcId, Rpc>,
     pub rpc_deadlines: BTreeSet<(Time, RpcId)>,
+    /// `stall_at` of the lookup queries in flight.
+    pub rpc_stalls: BTreeSet<(Time, RpcId)>,
     /// Requests refused at `max_requests`, failed before the input that made them returns.
     pub unsent: VecDeque<Rpc>,
     /// Free lookup slots are being handed out (see `fill_lookup_slots`).
@@ -79,18 +84,46 @@ impl Ops {
         RpcId(self.next_id)
     }
 
-    /// The earliest deadline of a lookup or a request.
+    /// The earliest deadline of a lookup or a request, or stall of a lookup's query.
     pub(crate) fn next_deadline(&self) -> Option<Time> {
-        let lookup = self.lookup_deadlines.first().map(|(at, _)| *at);
-        let rpc = self.rpc_deadlines.first().map(|(at, _)| *at);
-        lookup.into_iter().chain(rpc).min()
+        [
+            &self.lookup_deadlines.first().map(|(at, _)| *at),
+            &self.rpc_deadlines.first().map(|(at, _)| *at),
+            &self.rpc_stalls.first().map(|(at, _)| *at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .copied()
+    }
+
+    /// Puts `rpc` in flight.
+    pub(crate) fn put_rpc(&mut self, rpc: Rpc) {
+        self.rpc_deadlines.insert((rpc.deadline, rpc.id));
+        if let Some(at) = rpc.stall_at {
+            self.rpc_stalls.insert((at, rpc.id));
+        }
+        self.rpcs.insert(rpc.id, rpc);
     }
 
     /// Takes the request `rpc` out of flight.
     pub(crate) fn take_rpc(&mut self, rpc: RpcId) -> Option<Rpc> {
         let taken = self.rpcs.remove(&rpc)?;
         self.rpc_deadlines.remove(&(taken.deadline, rpc));
+        if let Some(at) = taken.stall_at {
+            self.rpc_stalls.remove(&(at, rpc));
+        }
         Some(taken)
+    }
+
+    /// The first lookup query stalled at or before `now`, taken off the stalls.
+    pub(crate) fn stalled_rpc(&mut self, now: Time) -> Option<RpcId> {
+        let &(at, rpc) = self.rpc_stalls.first()?;
+        if at > now {
+            return None;
+        }
+        self.rpc_stalls.remove(&(at, rpc));
+        Some(rpc)
     }
 
     /// The first request whose deadline is at or before `now`.
