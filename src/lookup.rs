@@ -302,22 +302,22 @@ impl<A: Clone> Lookup<A> {
         }
     }
 
-    /// True when enough providers are known (`want_providers`), or when nothing is in flight
-    /// (stalled or not) and no candidate among the k closest non-failed is left unqueried (which
-    /// covers "every peer failed"), or when `max_queries` were sent and nothing is in flight.
+    /// True when enough providers are known (`want_providers`); or when the k closest
+    /// non-failed candidates have all answered (queries still out to farther peers are not
+    /// waited for); or when nothing is in flight (stalled or not) and no candidate among the k
+    /// closest is left unqueried (which covers "every peer failed"), or `max_queries` were sent.
     pub fn is_finished(&self) -> bool {
         if self.providers_reached() {
+            return true;
+        }
+        let mut closest = self.candidates.iter().take(self.config.k);
+        if closest.clone().all(|c| c.state == State::Answered) {
             return true;
         }
         if self.in_flight > 0 || self.stalled > 0 {
             return false;
         }
-        self.queried >= self.config.max_queries
-            || !self
-                .candidates
-                .iter()
-                .take(self.config.k)
-                .any(|c| c.state == State::Waiting)
+        self.queried >= self.config.max_queries || !closest.any(|c| c.state == State::Waiting)
     }
 
     /// What was found so far (final once [`Lookup::is_finished`]).
@@ -520,6 +520,22 @@ mod tests {
         l.on_response(&id(3), peers([]), NO_PROVIDERS);
         assert!(l.is_finished());
         assert_eq!((l.outcome().answered, l.outcome().failed), (2, 1));
+    }
+
+    #[test]
+    fn ends_when_the_k_closest_answered_whatever_is_still_out() {
+        let mut l = Lookup::new(target(), config(2, 2), peers([2, 3, 4]));
+        assert_eq!(ids(&l.next_queries()), vec![2, 3]);
+        // 2 offers a closer peer: the two closest are now 1 and 2, while 3 is still out.
+        l.on_response(&id(2), peers([1]), NO_PROVIDERS);
+        assert_eq!(ids(&l.next_queries()), vec![1]);
+        assert!(!l.is_finished());
+        l.on_response(&id(1), peers([]), NO_PROVIDERS);
+        assert!(
+            l.is_finished(),
+            "the 2 closest answered; 3 is not waited for"
+        );
+        assert_eq!(l.in_flight(), 1);
     }
 
     #[test]

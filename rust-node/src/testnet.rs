@@ -18,17 +18,52 @@ pub struct Testnet {
 impl Testnet {
     /// Starts `n` nodes (at least 1) with `config` and bootstraps nodes 1.. off node 0.
     pub async fn start(n: usize, config: NodeConfig) -> Result<Testnet, NodeError> {
+        Testnet::start_on(n, config, |_| None).await
+    }
+
+    /// [`Testnet::start`], with node `i` on the runtime `on(i)` names (for `None`, the current
+    /// one): the node's timer, its requests and connections, and its answers all run there. A
+    /// test stops such nodes as `kill -9` stops a process, as far as their peers can tell, by
+    /// shutting that runtime down (`Runtime::shutdown_background`): every task stops where it is
+    /// and no packet leaves (no QUIC close); while the [`Node`] value is kept (see
+    /// [`Testnet::take`]) its socket stays bound and unread, so what peers send is swallowed
+    /// (no ICMP port unreachable either).
+    pub async fn start_on(
+        n: usize,
+        config: NodeConfig,
+        on: impl Fn(usize) -> Option<tokio::runtime::Handle>,
+    ) -> Result<Testnet, NodeError> {
         let loopback: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
-        let mut nodes = Vec::with_capacity(n.max(1));
+        let mut nodes: Vec<Node> = Vec::with_capacity(n.max(1));
         for i in 0..n.max(1) {
             let identity = Identity::generate()?;
-            let node = Node::start(&identity, loopback, config.clone()).await?;
+            let node = match on(i) {
+                None => Node::start(&identity, loopback, config.clone()).await?,
+                Some(runtime) => {
+                    let config = config.clone();
+                    let started = runtime
+                        .spawn(async move { Node::start(&identity, loopback, config).await })
+                        .await;
+                    match started {
+                        Ok(node) => node?,
+                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                        // That runtime is shutting down.
+                        Err(_) => return Err(NodeError::Closed),
+                    }
+                }
+            };
             if i > 0 {
                 node.bootstrap(&[nodes_first_addr(&nodes)]).await?;
             }
             nodes.push(node);
         }
         Ok(Testnet { nodes })
+    }
+
+    /// Takes node `i` out of the network as it is, still running (later indices shift down):
+    /// the caller decides how it ends. `None` if there is no such node.
+    pub fn take(&mut self, i: usize) -> Option<Node> {
+        (i < self.nodes.len()).then(|| self.nodes.remove(i))
     }
 
     /// The running nodes, in start order.
