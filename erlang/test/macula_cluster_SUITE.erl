@@ -365,12 +365,8 @@ counter(#{kind := rust} = Node, Name) ->
 %% Advertising and discovery on either kind of node
 %%--------------------------------------------------------------------------------------------
 
-advertise(#{kind := beam, id := Id} = Node, Service, Ttl) ->
-    Provider = #{node_id => Id, endpoint => endpoint(Node)},
-    ok = beam_call(Node, macula_service_registry, publish_to_dht,
-                   [macula_routing_server, Service, Provider, Ttl, ?K]);
-advertise(#{kind := rust} = Node, Service, Ttl) ->
-    ctl_ok(Node, ["advertise", Service, endpoint(Node), "--ttl", integer_to_list(Ttl)]).
+advertise(Node, Service, Ttl) ->
+    ok = macula_cluster_harness:advertise(Node, Service, Ttl).
 
 %% Published once, never refreshed.
 advertise_once(#{kind := rust} = Node, Service, Ttl) ->
@@ -390,22 +386,9 @@ ctl_ok(Node, Args) ->
     ct:log("~ts: ~ts", [name(Node), Output]).
 
 %% The sorted node ids of the providers of `Service' that `Node' finds, looking for `Want'.
-discover(#{kind := beam} = Node, Service, Want) ->
-    {ok, Providers} = beam_call(Node, macula_service_registry, query_dht_for_service,
-                                [macula_routing_server, Service, Want]),
-    lists:sort([Id || #{node_id := Id} <- Providers]);
-discover(#{kind := rust} = Node, Service, Want) ->
-    Args = ["discover", binary_to_list(Service), "--want", integer_to_list(Want), "--json"],
-    case ctl(Node, Args) of
-        {0, Json} ->
-            {match, Hex} = re:run(Json, <<"\"node_id\":\"([0-9a-f]{64})\"">>,
-                                  [global, {capture, all_but_first, binary}]),
-            lists:sort([binary:decode_hex(H) || [H] <- Hex]);
-        {1, Output} ->
-            %% Exit 1 also reports failures; only "no provider" means an empty answer.
-            {match, _} = re:run(Output, <<"no provider of">>),
-            []
-    end.
+discover(Node, Service, Want) ->
+    {ok, Ids} = macula_cluster_harness:discover(Node, Service, Want),
+    Ids.
 
 %% Within `Timeout' ms, every node in `Nodes' finds exactly the providers `Providers' of `Service'.
 everywhere(Nodes, Service, Providers) ->

@@ -1,5 +1,6 @@
-%% @doc The OS processes of the multi-node suites (`macula_cluster_SUITE', `macula_net_SUITE'):
-%% BEAM peer VMs running `macula_routing_server' in network mode, and `rust-node' processes.
+%% @doc The OS processes of the multi-node suites (`macula_cluster_SUITE', `macula_net_SUITE',
+%% `macula_failover_SUITE'): BEAM peer VMs running `macula_routing_server' in network mode, and
+%% `rust-node' processes.
 %%
 %% One owner process per test case starts every peer VM and `rust-node run' process and records
 %% it, so that `stop_all/1' (from `end_per_testcase') ends each one by its id even when the case
@@ -18,6 +19,7 @@
          hostile_peer_binary/0, start_beam/3, start_rust/3, stop_rust/1,
          beam_call/4, ctl/2, hostile_peer/3, signal/2, is_os_process_alive/1,
          wait_until/3, wait_each/4, ids/1]).
+-export([start_rust/4, free_port/0, stats/1, advertise/3, discover/3]).
 
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 
@@ -128,9 +130,15 @@ start_beam(Harness, Name, Config) ->
 %% its control socket answers (it binds it once the bootstrap is done).
 -spec start_rust(pid(), string(), [string()]) -> map().
 start_rust(Harness, Name, Args) ->
+    start_rust(Harness, Name, "127.0.0.1:0", Args).
+
+%% @doc `start_rust/3' listening on `Listen' (e.g. `"127.0.0.1:4000"') instead of a port of the
+%% system's choice.
+-spec start_rust(pid(), string(), string(), [string()]) -> map().
+start_rust(Harness, Name, Listen, Args) ->
     Dir = dir(Harness),
     Socket = filename:join(Dir, Name ++ ".sock"),
-    RunArgs = ["run", "--listen", "127.0.0.1:0", "--ctl", Socket, "--log", "warn",
+    RunArgs = ["run", "--listen", Listen, "--ctl", Socket, "--log", "warn",
                "--identity", filename:join(Dir, Name ++ ".key") | Args],
     {ok, OsPid} = gen_server:call(Harness, {start_rust, Name, RunArgs}),
     Node = #{kind => rust, name => Name, os_pid => OsPid, socket => Socket, harness => Harness},
@@ -168,6 +176,76 @@ beam_call(#{kind := beam, peer := Peer}, M, F, A) ->
 -spec ids([map()]) -> [binary()].
 ids(Nodes) ->
     [Id || #{id := Id} <- Nodes].
+
+%% @doc A UDP port on 127.0.0.1 that nothing listens on (the system's choice, closed again at
+%% once), for a node that must start where nobody answers yet, or at a known address.
+-spec free_port() -> inet:port_number().
+free_port() ->
+    {ok, Socket} = gen_udp:open(0, [{ip, {127, 0, 0, 1}}]),
+    {ok, Port} = inet:port(Socket),
+    ok = gen_udp:close(Socket),
+    Port.
+
+%% @doc A node's counters under the same names for both kinds: a BEAM node's
+%% `macula_routing_server:stats/1', a Rust node's `ctl status --json' (its numbers and booleans,
+%% e.g. `peers', `joined', `suspects', `lookups', `lookup_p99_us').
+-spec stats(map()) -> #{atom() => integer() | boolean()}.
+stats(#{kind := beam} = Node) ->
+    beam_call(Node, macula_routing_server, stats, [macula_routing_server]);
+stats(#{kind := rust} = Node) ->
+    {0, Json} = ctl(Node, ["status", "--json"]),
+    {match, Fields} = re:run(Json, <<"\"([a-z0-9_]+)\":(true|false|[0-9]+)[,}]">>,
+                             [global, {capture, all_but_first, binary}]),
+    maps:from_list([{binary_to_atom(Name), json_scalar(Value)} || [Name, Value] <- Fields]).
+
+json_scalar(<<"true">>) -> true;
+json_scalar(<<"false">>) -> false;
+json_scalar(Digits) -> binary_to_integer(Digits).
+
+%% @doc Advertises `Service' from a node at the endpoint `https://<name>.test:443' for `Ttl'
+%% seconds (BEAM: `publish_to_dht' with the node's own id; Rust: `ctl advertise').
+-spec advertise(map(), binary(), pos_integer()) -> ok | {error, term()}.
+advertise(#{kind := beam, id := Id} = Node, Service, Ttl) ->
+    Provider = #{node_id => Id, endpoint => list_to_binary(endpoint(Node))},
+    %% The last argument (k) is unused: the server replicates to its own k closest.
+    beam_call(Node, macula_service_registry, publish_to_dht,
+              [macula_routing_server, Service, Provider, Ttl, 1]);
+advertise(#{kind := rust} = Node, Service, Ttl) ->
+    case ctl(Node, ["advertise", binary_to_list(Service), endpoint(Node),
+                    "--ttl", integer_to_list(Ttl)]) of
+        {0, _} -> ok;
+        Failed -> {error, Failed}
+    end.
+
+endpoint(#{name := Name}) ->
+    "https://" ++ Name ++ ".test:443".
+
+%% @doc The sorted node ids of the providers of `Service' a node finds wanting `Want' of them
+%% (a network lookup unless it holds that many itself): BEAM `query_dht_for_service', Rust
+%% `ctl discover --json'.
+-spec discover(map(), binary(), pos_integer()) -> {ok, [binary()]} | {error, term()}.
+discover(#{kind := beam} = Node, Service, Want) ->
+    case beam_call(Node, macula_service_registry, query_dht_for_service,
+                   [macula_routing_server, Service, Want]) of
+        {ok, Providers} -> {ok, lists:sort([Id || #{node_id := Id} <- Providers])};
+        Error -> {error, Error}
+    end;
+discover(#{kind := rust} = Node, Service, Want) ->
+    Args = ["discover", binary_to_list(Service), "--want", integer_to_list(Want), "--json"],
+    case ctl(Node, Args) of
+        {0, Json} ->
+            {match, Hex} = re:run(Json, <<"\"node_id\":\"([0-9a-f]{64})\"">>,
+                                  [global, {capture, all_but_first, binary}]),
+            {ok, lists:sort([binary:decode_hex(H) || [H] <- Hex])};
+        {1, Output} = Failed ->
+            %% Exit 1 also reports failures; only "no provider" means an empty answer.
+            case binary:match(Output, <<"no provider of">>) of
+                nomatch -> {error, Failed};
+                _ -> {ok, []}
+            end;
+        Failed ->
+            {error, Failed}
+    end.
 
 %%--------------------------------------------------------------------------------------------
 %% rust-node commands
