@@ -63,10 +63,7 @@ impl Node {
             let now = self.shared.store().now();
             let random = random_u64();
             let rtts = |p: &Provider| self.publisher_rtt(p);
-            let choice = self
-                .selector
-                .lock()
-                .pick(key, strategy, now, random, &rtts);
+            let choice = self.selector.lock().pick(key, strategy, now, random, &rtts);
             match choice {
                 Choice::Picked(provider) => return Ok(provider),
                 Choice::Fetch if !fetched => {
