@@ -366,11 +366,9 @@ fn net_find_value<'a>(
     want: usize,
     tag: Term<'a>,
 ) -> Term<'a> {
-    let Ok(key) = Binary::from_term(key) else {
-        return reply::invalid_key(env);
-    };
-    let Some(net) = node.net() else {
-        return reply::error(env, net_atoms::not_networked());
+    let (key, net) = match key_and_net(env, node, key) {
+        Ok(found) => found,
+        Err(reply) => return reply,
     };
     match crate::read_local(env, node, key.as_slice()) {
         Ok(Some(list)) if list.list_length().is_ok_and(|n| n >= want) => {
@@ -387,6 +385,22 @@ fn net_find_value<'a>(
             reply.providers(&terms, answered);
         }
     })
+}
+
+/// A request's key (a binary) and the node's network side: `{error, {invalid_key, ...}}` or
+/// `{error, not_networked}` otherwise.
+fn key_and_net<'a>(
+    env: Env<'a>,
+    node: &Node,
+    key: Term<'a>,
+) -> Result<(Binary<'a>, Arc<Net>), Term<'a>> {
+    let Ok(key) = Binary::from_term(key) else {
+        return Err(reply::invalid_key(env));
+    };
+    let net = node
+        .net()
+        .ok_or_else(|| reply::error(env, net_atoms::not_networked()))?;
+    Ok((key, net))
 }
 
 /// Runs `work` on the node's runtime for a caller that waits for `{macula_dht_lookup, Tag,
@@ -493,11 +507,9 @@ fn net_pick<'a>(
     strategy: Atom,
     tag: Term<'a>,
 ) -> Term<'a> {
-    let Ok(key) = Binary::from_term(key) else {
-        return reply::invalid_key(env);
-    };
-    let Some(net) = node.net() else {
-        return reply::error(env, net_atoms::not_networked());
+    let (key, net) = match key_and_net(env, node, key) {
+        Ok(found) => found,
+        Err(reply) => return reply,
     };
     let Some(strategy) = strategy
         .to_term(env)
@@ -521,14 +533,12 @@ fn net_pick<'a>(
 /// it for a back-off. `{ok, BackoffMs}`.
 #[rustler::nif]
 fn net_report_failure<'a>(env: Env<'a>, node: &Node, key: Term<'a>, node_id: Term<'a>) -> Term<'a> {
-    let Ok(key) = Binary::from_term(key) else {
-        return reply::invalid_key(env);
+    let (key, net) = match key_and_net(env, node, key) {
+        Ok(found) => found,
+        Err(reply) => return reply,
     };
     let Ok(node_id) = Binary::from_term(node_id) else {
         return reply::error(env, (atoms::invalid_node_id(), node_id));
-    };
-    let Some(net) = node.net() else {
-        return reply::error(env, net_atoms::not_networked());
     };
     let backoff = net
         .node
