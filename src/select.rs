@@ -178,11 +178,6 @@ impl Selector {
         }
     }
 
-    /// Its settings.
-    pub fn config(&self) -> &SelectConfig {
-        &self.config
-    }
-
     /// The providers of the service under `key` as just fetched. A reported provider whose
     /// record is newer than when it was reported is no longer skipped.
     pub fn refresh(&mut self, key: &[u8], mut providers: Vec<Provider>, now: Time) {
