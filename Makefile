@@ -8,7 +8,7 @@ BENCH_DIR := $(CURDIR)/target/bench
 TEST_FUZZ_SECONDS ?= 60
 FUZZ_SECONDS ?= 600
 
-.PHONY: all deps build test test-rust test-erlang test-fuzz demo bench bench-engine bench-erlang bench-cluster fuzz clean
+.PHONY: all deps build test test-rust test-erlang test-fuzz demo bench bench-engine bench-erlang bench-cluster bench-scale fuzz clean
 
 all: build
 
@@ -43,13 +43,18 @@ demo: build
 	cargo build --release --quiet -p macula_dht_node
 	@./scripts/demo.sh
 
-bench: bench-engine bench-erlang bench-cluster
+bench: bench-engine bench-erlang bench-cluster bench-scale
 
 bench-engine:
 	cargo bench -p macula_dht
 
 bench-cluster:
 	cargo bench -p macula_dht_node --bench cluster
+
+# The simulator at 1 k, 10 k and 100 k nodes: target/bench/scale.json and the plots of
+# docs/scale.md (target/bench/scale_*.svg).
+bench-scale:
+	cargo bench -p macula_dht_sim --bench scale
 
 bench-erlang: build
 	@mkdir -p $(BENCH_DIR)

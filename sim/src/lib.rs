@@ -24,8 +24,11 @@
 
 #![warn(missing_docs)]
 
+mod churn;
 mod link;
+mod report;
 mod rng;
+mod scenario;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -39,8 +42,11 @@ use macula_dht::seal::Keypair;
 use macula_dht::wire::{NodeInfo, Request, Response};
 use macula_dht::{Dht, DhtConfig, NodeId, OpId, ProviderStore, RpcId, StoreLimits, Time};
 
+pub use churn::Sessions;
 pub use link::Links;
+pub use report::{quantile, sorted_quantile, NodeSample, ProviderSample, Report};
 pub use rng::Rng;
+pub use scenario::Scenario;
 
 /// Wake-ups of one node at one instant before the simulation calls it a livelock (a paused
 /// hand-off legitimately asks for a few: each step examines a chunk of keys).
@@ -217,6 +223,12 @@ impl Network {
     /// Every node ever added, by index (crashed ones included).
     pub fn nodes(&self) -> &[SimNode] {
         &self.nodes
+    }
+
+    /// The nodes, the rest of the network dropped: what they hold is then all that is left
+    /// of it (a measure of memory per node).
+    pub fn into_nodes(self) -> Vec<SimNode> {
+        self.nodes
     }
 
     /// Node `i`.

@@ -1,0 +1,58 @@
+//! The scale scenario in small: a thousand nodes under churn (sessions of 20 minutes median,
+//! each departed node replaced by a new one), lookups spread over 5 minutes of virtual time.
+//! Asserts on success and hops, and that one seed gives one report, figure for figure.
+
+use std::time::{Duration, Instant};
+
+use macula_dht_sim::{sorted_quantile, Report, Scenario, Sessions};
+
+fn scenario() -> Scenario {
+    Scenario {
+        services: 100,
+        sessions: Some(Sessions::exponential(Duration::from_secs(1_200))),
+        period: Duration::from_secs(300),
+        provider_lookups: 200,
+        node_lookups: 60,
+        ..Scenario::new("sim_1k_churn", 0x5ca1e, 1_000)
+    }
+}
+
+fn summary(report: &Report) -> String {
+    format!(
+        "success all {:.2} % one {:.2} %, hops p50 {} p99 {}, recall {:.2} %, {:.1} messages/lookup, \
+         first provider p50 {:.2} RTTs, {} departures, {} abandoned",
+        report.success_all_pct(),
+        report.success_one_pct(),
+        report.hops_quantile(0.5),
+        report.hops_quantile(0.99),
+        report.replica_recall_pct(),
+        report.messages_per_lookup(),
+        sorted_quantile(&report.first_provider_rtts(), 0.5),
+        report.departures,
+        report.abandoned,
+    )
+}
+
+#[test]
+fn a_thousand_nodes_under_churn_find_their_providers_in_few_hops() {
+    let started = Instant::now();
+    // The same seed twice, side by side (one core each): the determinism check costs no time.
+    let (first, second) = std::thread::scope(|s| {
+        let second = s.spawn(|| scenario().run());
+        (
+            scenario().run(),
+            second.join().expect("the second run ends"),
+        )
+    });
+    let report = summary(&first);
+    eprintln!("{} in {:?}: {report}", first.name, started.elapsed());
+    assert_eq!(first, second, "one seed, one report");
+
+    assert!(first.provider_lookups.len() >= 195 && first.node_lookups.len() >= 58);
+    assert!(first.departures >= 100, "churn: {report}");
+    assert!(first.success_all_pct() >= 99.0, "{report}");
+    assert!(first.success_one_pct() >= 99.0, "{report}");
+    // Hops of a full lookup: the longest chain of answers to any of the k closest it queried.
+    assert!(first.hops_quantile(0.99) <= 6, "{report}");
+    assert!(first.replica_recall_pct() >= 90.0, "{report}");
+}
