@@ -1,5 +1,10 @@
 //! What the node benches share: a server on its own OS thread and single-threaded runtime (like
-//! a separate node process on this machine), a client endpoint, percentiles.
+//! a separate node process on this machine), a client endpoint, percentiles; and echo servers for
+//! floors measured beside a request ([`echo`]).
+
+// Only the cluster bench measures the echoes; the transport bench compiles this module too.
+#[allow(dead_code)]
+pub mod echo;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -59,20 +64,22 @@ pub fn client_endpoint() -> Endpoint {
     .expect("bind client")
 }
 
-/// A server running on its own thread until [`ServerThread::stop`].
-pub struct ServerThread {
-    pub addr: SocketAddr,
+/// A server running on its own thread until [`ServerThread::stop`]; `addr` says where to reach it
+/// (a tuple of addresses when the thread serves several things).
+pub struct ServerThread<A = SocketAddr> {
+    pub addr: A,
     stop: mpsc::Sender<()>,
     thread: JoinHandle<()>,
 }
 
-impl ServerThread {
+impl<A: Send + 'static> ServerThread<A> {
     /// Runs `start` on the new thread's runtime; it returns the server's address and the future
-    /// that shuts it down (which owns the server, keeping it alive until then).
+    /// that shuts it down (which owns the server, keeping it alive until then). Tasks it spawned
+    /// run until then too, and end with the runtime.
     pub fn start<F, Fut, Close>(start: F) -> Self
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = (SocketAddr, Close)>,
+        Fut: Future<Output = (A, Close)>,
         Close: Future<Output = ()>,
     {
         let (addr_tx, addr_rx) = mpsc::channel();
