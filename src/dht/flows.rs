@@ -654,8 +654,17 @@ impl<S: StoreAccess> Cx<'_, S> {
         let state = *state;
         self.dht.ops.lookup_deadlines.remove(&(state.deadline, op));
         // Answers still on their way are not needed any more: the host may stop those requests.
+        // A stalled one runs on to its deadline, unwaited for: whether its peer answers late or
+        // not at all is how a dead peer comes to be suspect.
+        let now = self.now;
         for rpc in &state.in_flight {
-            if self.dht.ops.take_rpc(*rpc).is_some() {
+            let stalled = self
+                .dht
+                .ops
+                .rpcs
+                .get(rpc)
+                .is_some_and(|r| r.stall_at.is_some_and(|at| at <= now));
+            if !stalled && self.dht.ops.take_rpc(*rpc).is_some() {
                 self.dht.actions.push_back(super::Action::Cancel(*rpc));
             }
         }
