@@ -65,6 +65,24 @@ pub struct Report {
 }
 
 impl Report {
+    /// The figures of a run on one line: success, hops, recall, messages, latency to the first
+    /// provider, churn.
+    pub fn summary(&self) -> String {
+        format!(
+            "success all {:.2} % one {:.2} %, hops p50 {} p99 {}, recall {:.2} %, {:.1} \
+             messages/lookup, first provider p50 {:.2} RTTs, {} departures, {} abandoned",
+            self.success_all_pct(),
+            self.success_one_pct(),
+            self.hops_quantile(0.5),
+            self.hops_quantile(0.99),
+            self.replica_recall_pct(),
+            self.messages_per_lookup(),
+            sorted_quantile(&self.first_provider_rtts(), 0.5),
+            self.departures,
+            self.abandoned,
+        )
+    }
+
     /// Percent of provider lookups that found every live provider.
     pub fn success_all_pct(&self) -> f64 {
         percent(

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use macula_dht_sim::{sorted_quantile, Report, Scenario, Sessions};
+use macula_dht_sim::{Scenario, Sessions};
 
 fn scenario() -> Scenario {
     Scenario {
@@ -15,22 +15,6 @@ fn scenario() -> Scenario {
         node_lookups: 60,
         ..Scenario::new("sim_1k_churn", 0x5ca1e, 1_000)
     }
-}
-
-fn summary(report: &Report) -> String {
-    format!(
-        "success all {:.2} % one {:.2} %, hops p50 {} p99 {}, recall {:.2} %, {:.1} messages/lookup, \
-         first provider p50 {:.2} RTTs, {} departures, {} abandoned",
-        report.success_all_pct(),
-        report.success_one_pct(),
-        report.hops_quantile(0.5),
-        report.hops_quantile(0.99),
-        report.replica_recall_pct(),
-        report.messages_per_lookup(),
-        sorted_quantile(&report.first_provider_rtts(), 0.5),
-        report.departures,
-        report.abandoned,
-    )
 }
 
 #[test]
@@ -44,7 +28,7 @@ fn a_thousand_nodes_under_churn_find_their_providers_in_few_hops() {
             second.join().expect("the second run ends"),
         )
     });
-    let report = summary(&first);
+    let report = first.summary();
     eprintln!("{} in {:?}: {report}", first.name, started.elapsed());
     assert_eq!(first, second, "one seed, one report");
 

@@ -229,21 +229,12 @@ fn measure(scenario: &Scenario) -> Measured {
     drop(nodes);
     let bytes_per_node = with_nodes.saturating_sub(memory::in_use()) as f64 / count as f64;
     eprintln!(
-        "{}: {:.1} s wall, {:.0} B/node, success all {:.2} % one {:.2} %, hops p50 {} p99 {}, recall {:.2} %, \
-         {:.1} messages/lookup, first provider p50 {:.2} RTTs, full p50 {:.2} RTTs, {} departures, {} abandoned, {:?}",
+        "{}: {:.1} s wall, {:.0} B/node, {}, full p50 {:.2} RTTs, {:?}",
         report.name,
         wall.as_secs_f64(),
         bytes_per_node,
-        report.success_all_pct(),
-        report.success_one_pct(),
-        report.hops_quantile(0.5),
-        report.hops_quantile(0.99),
-        report.replica_recall_pct(),
-        report.messages_per_lookup(),
-        sorted_quantile(&report.first_provider_rtts(), 0.5),
+        report.summary(),
         sorted_quantile(&report.full_lookup_rtts(), 0.5),
-        report.departures,
-        report.abandoned,
         report.net,
     );
     let failed: Vec<_> = report
