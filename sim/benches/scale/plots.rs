@@ -31,11 +31,7 @@ pub fn hops_by_size(path: &Path, points: &[(usize, f64, f64)]) {
                 .iter()
                 .map(|p| (p.0 as f64, if pick == 1 { p.1 } else { p.2 }))
                 .collect();
-            chart
-                .draw_series(LineSeries::new(series.clone(), color.stroke_width(2)))?
-                .label(label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-            chart.draw_series(series.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+            line_with_points(&mut chart, series, color, label)?;
         }
         chart
             .configure_series_labels()
@@ -78,11 +74,7 @@ pub fn success_by_churn(path: &Path, points: &[(usize, f64, f64)]) {
             if series.is_empty() {
                 continue;
             }
-            chart
-                .draw_series(LineSeries::new(series.clone(), color.stroke_width(2)))?
-                .label(format!("{size} nodes"))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-            chart.draw_series(series.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+            line_with_points(&mut chart, series, color, &format!("{size} nodes"))?;
         }
         chart
             .configure_series_labels()
@@ -91,6 +83,29 @@ pub fn success_by_churn(path: &Path, points: &[(usize, f64, f64)]) {
             .draw()?;
         root.present()
     });
+}
+
+/// One labelled series: a line through the points, each point marked.
+fn line_with_points<'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    series: Vec<(f64, f64)>,
+    color: RGBColor,
+    label: &str,
+) -> Result<(), DrawingAreaErrorKind<std::io::Error>>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    chart
+        .draw_series(LineSeries::new(series.clone(), color.stroke_width(2)))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    chart.draw_series(
+        series
+            .into_iter()
+            .map(|p| Circle::new(p, 4, color.filled())),
+    )?;
+    Ok(())
 }
 
 /// Cumulative distribution of lookup latency, in median round-trip times: until the first live
