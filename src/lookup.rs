@@ -130,6 +130,9 @@ enum State {
     Waiting,
     InFlight,
     Stalled,
+    /// Asked, though it failed its last request to this node: holds no slot, and the lookup
+    /// does not wait for it to end (see [`Lookup::unawaited`]).
+    Unawaited,
     Answered,
 }
 
@@ -196,8 +199,14 @@ impl<A: Clone> Lookup<A> {
         if budget == 0 {
             return out;
         }
-        // Failed peers are not in `candidates`, so its first k are the k closest non-failed.
-        for c in self.candidates.iter_mut().take(self.config.k) {
+        // Failed peers are not in `candidates`, so its first k (leaving out the unawaited) are
+        // the k closest that may still be waited for.
+        let window = self
+            .candidates
+            .iter_mut()
+            .filter(|c| c.state != State::Unawaited)
+            .take(self.config.k);
+        for c in window {
             if c.state != State::Waiting {
                 continue;
             }
@@ -232,7 +241,7 @@ impl<A: Clone> Lookup<A> {
         };
         match c.state {
             State::InFlight => self.in_flight -= 1,
-            State::Stalled => self.stalled -= 1,
+            State::Stalled | State::Unawaited => self.stalled -= 1,
             State::Waiting | State::Answered => return,
         }
         c.state = State::Answered;
@@ -274,7 +283,7 @@ impl<A: Clone> Lookup<A> {
                 self.in_flight -= 1;
                 self.failed += 1;
             }
-            State::Stalled => {
+            State::Stalled | State::Unawaited => {
                 self.stalled -= 1;
                 self.failed += 1;
             }
@@ -302,22 +311,51 @@ impl<A: Clone> Lookup<A> {
         }
     }
 
+    /// `peer`, just asked, failed its last request to this node and has not answered since: it
+    /// is likely dead. Its query holds no slot and the lookup ends without it once the others
+    /// allow (its answer still counts if it comes first), so a peer that died unseen by the
+    /// ones offering it costs no wait. Ignored unless `peer` is in flight.
+    pub fn unawaited(&mut self, peer: &NodeId) {
+        self.stalled(peer);
+        if let Some(c) = self
+            .position(peer)
+            .and_then(|at| self.candidates.get_mut(at))
+            .filter(|c| c.state == State::Stalled)
+        {
+            c.state = State::Unawaited;
+        }
+    }
+
+    /// Whether the lookup stopped holding a slot for `peer`'s query (stalled or unawaited).
+    pub fn is_late(&self, peer: &NodeId) -> bool {
+        self.position(peer)
+            .and_then(|at| self.candidates.get(at))
+            .is_some_and(|c| matches!(c.state, State::Stalled | State::Unawaited))
+    }
+
     /// True when enough providers are known (`want_providers`); or when the k closest
-    /// non-failed candidates have all answered (queries still out to farther peers are not
-    /// waited for); or when nothing is in flight (stalled or not) and no candidate among the k
-    /// closest is left unqueried (which covers "every peer failed"), or `max_queries` were sent.
+    /// non-failed candidates, leaving out the unawaited, have all answered (queries still out to
+    /// farther peers are not waited for); or when nothing is in flight (stalled, unawaited or
+    /// not) and no candidate among the k closest is left unqueried (which covers "every peer
+    /// failed"), or `max_queries` were sent.
     pub fn is_finished(&self) -> bool {
         if self.providers_reached() {
             return true;
         }
-        let mut closest = self.candidates.iter().take(self.config.k);
-        if closest.clone().all(|c| c.state == State::Answered) {
+        let mut awaited = self
+            .candidates
+            .iter()
+            .filter(|c| c.state != State::Unawaited)
+            .take(self.config.k)
+            .peekable();
+        // With no candidate but the unawaited, they are all there is to wait for.
+        if awaited.peek().is_some() && awaited.clone().all(|c| c.state == State::Answered) {
             return true;
         }
         if self.in_flight > 0 || self.stalled > 0 {
             return false;
         }
-        self.queried >= self.config.max_queries || !closest.any(|c| c.state == State::Waiting)
+        self.queried >= self.config.max_queries || !awaited.any(|c| c.state == State::Waiting)
     }
 
     /// What was found so far (final once [`Lookup::is_finished`]).
@@ -423,7 +461,7 @@ impl<A: Clone> Lookup<A> {
             .rev()
             .find(|(i, c)| match c.state {
                 State::Waiting => true,
-                State::InFlight | State::Stalled => false,
+                State::InFlight | State::Stalled | State::Unawaited => false,
                 State::Answered => *i > protected_until,
             })
             .map(|(i, _)| i);
@@ -520,6 +558,46 @@ mod tests {
         l.on_response(&id(3), peers([]), NO_PROVIDERS);
         assert!(l.is_finished());
         assert_eq!((l.outcome().answered, l.outcome().failed), (2, 1));
+    }
+
+    #[test]
+    fn an_unawaited_query_holds_no_slot_and_the_lookup_ends_without_it() {
+        let mut l = Lookup::new(target(), config(2, 1), peers(1..=3));
+        assert_eq!(ids(&l.next_queries()), vec![1]);
+        l.unawaited(&id(1));
+        assert!(l.is_late(&id(1)));
+        assert_eq!(ids(&l.next_queries()), vec![2], "its slot is free at once");
+        l.on_response(&id(2), peers([]), NO_PROVIDERS);
+        assert!(!l.is_finished(), "2 and 3 are the 2 closest awaited");
+        assert_eq!(ids(&l.next_queries()), vec![3]);
+        l.on_response(&id(3), peers([]), NO_PROVIDERS);
+        assert!(l.is_finished(), "1 is closer but not waited for");
+        assert_eq!(l.outcome().answered, 2);
+
+        // Its answer, if it comes first, counts as any other.
+        let mut l = Lookup::new(target(), config(2, 2), peers(1..=3));
+        assert_eq!(ids(&l.next_queries()), vec![1, 2]);
+        l.unawaited(&id(1));
+        l.on_response(&id(1), peers([]), NO_PROVIDERS);
+        assert!(!l.is_late(&id(1)));
+        l.on_response(&id(2), peers([]), NO_PROVIDERS);
+        assert!(l.is_finished());
+        let closest: Vec<u64> = l.outcome().closest.iter().map(|(_, a)| *a).collect();
+        assert_eq!(closest, vec![1, 2]);
+    }
+
+    #[test]
+    fn with_only_unawaited_peers_left_the_lookup_waits_for_them() {
+        let mut l = Lookup::new(target(), config(3, 3), peers([1, 2]));
+        assert_eq!(ids(&l.next_queries()), vec![1, 2]);
+        l.unawaited(&id(1));
+        l.unawaited(&id(2));
+        assert!(!l.is_finished(), "they are all there is");
+        l.on_failure(&id(1));
+        assert!(!l.is_finished());
+        l.on_response(&id(2), peers([]), NO_PROVIDERS);
+        assert!(l.is_finished());
+        assert_eq!((l.outcome().answered, l.outcome().failed), (1, 1));
     }
 
     #[test]

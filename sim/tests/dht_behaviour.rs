@@ -356,6 +356,55 @@ fn a_silent_peer_holds_a_lookup_only_as_long_as_it_takes_to_answer() {
 }
 
 #[test]
+fn a_dead_peer_offered_again_after_it_left_the_table_does_not_hold_a_lookup() {
+    // k = 2: with 2 peers each, the tables are full and no node rejoins.
+    let mut config = config(2);
+    config.dht.request_timeout = Duration::from_secs(30);
+    // No refresh lookups either: b asks x nothing.
+    config.dht.refresh_interval = Duration::from_secs(3600);
+    let mut net = Network::new(config);
+    let nodes = net.grow(3, SECOND);
+    let (a, b, x) = (nodes[0], nodes[1], nodes[2]);
+    net.crash(x);
+    let lookup = |net: &mut Network| {
+        let outcome = net.run_command(a, 10 * SECOND, |dht, store, now| {
+            dht.find_value(store, b"anything", None, now)
+        });
+        let Some(Outcome::Lookup(report)) = outcome else {
+            panic!("the lookup did not end");
+        };
+        report
+    };
+    lookup(&mut net);
+    // Probed as its suspect times run out, x fails its way out of a's table; b, which has not
+    // asked it anything since, still lists it, and offers it.
+    net.run_for(120 * SECOND);
+    let listed = |net: &Network, i: usize| {
+        let peers = net.node(i).dht.peers();
+        peers.iter().any(|p| p.addr == addr_of(x))
+    };
+    assert_eq!((listed(&net, a), listed(&net, b)), (false, true));
+    assert_eq!(
+        net.node(a).dht.status().suspects,
+        0,
+        "its suspect time is over"
+    );
+    // a asks it again, offered by b, but does not wait for it: the lookup ends on b's answer,
+    // one 20 ms round trip, not at x's timeout (at least 100 ms, doubled per failure).
+    let report = lookup(&mut net);
+    assert_eq!((report.queried, report.answered), (2, 1));
+    assert!(
+        report.elapsed < Duration::from_millis(50),
+        "{:?}",
+        report.elapsed
+    );
+    // Its query ran on to its deadline (a few seconds at most): x failed once more, and is
+    // suspect again.
+    net.run_for(5 * SECOND);
+    assert_eq!(net.node(a).dht.status().suspects, 1);
+}
+
+#[test]
 fn a_lookup_through_a_silent_peer_ends_at_the_lookup_timeout() {
     let mut config = config(3);
     // Shorter than any request timeout (at least 100 ms) and than the time after which a lookup

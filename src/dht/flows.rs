@@ -559,23 +559,38 @@ impl<S: StoreAccess> Cx<'_, S> {
         }
     }
 
-    /// Sends what the lookup hands out; ends it when it is finished.
+    /// Sends what the lookup hands out; ends it when it is finished. A peer that failed its
+    /// last request is asked but not waited for: its slot goes to the next candidate at once.
     fn advance_lookup(&mut self, op: OpId) {
-        let Some(state) = self.lookup_mut(op) else {
-            return;
-        };
-        let queries = state.lookup.next_queries();
-        let finished = state.lookup.is_finished();
-        let request = state.request.clone();
-        for (id, addr) in queries {
-            if let Some(rpc) = self.send(Some(id), addr, request.clone(), Purpose::Lookup(op)) {
+        loop {
+            let Some(state) = self.lookup_mut(op) else {
+                return;
+            };
+            let queries = state.lookup.next_queries();
+            let request = state.request.clone();
+            let mut freed = false;
+            for (id, addr) in queries {
+                let Some(rpc) = self.send(Some(id), addr, request.clone(), Purpose::Lookup(op))
+                else {
+                    continue;
+                };
+                let unawaited = self.dht.health.failed_last(&id);
                 if let Some(state) = self.lookup_mut(op) {
                     state.in_flight.push(rpc);
+                    if unawaited {
+                        state.lookup.unawaited(&id);
+                        freed = true;
+                    }
                 }
             }
-        }
-        if finished {
-            self.finish_lookup(op, false);
+            // Each round that frees a slot has used up a candidate: this ends.
+            if freed {
+                continue;
+            }
+            if self.lookup_mut(op).is_some_and(|s| s.lookup.is_finished()) {
+                self.finish_lookup(op, false);
+            }
+            return;
         }
     }
 
@@ -654,17 +669,17 @@ impl<S: StoreAccess> Cx<'_, S> {
         let state = *state;
         self.dht.ops.lookup_deadlines.remove(&(state.deadline, op));
         // Answers still on their way are not needed any more: the host may stop those requests.
-        // A stalled one runs on to its deadline, unwaited for: whether its peer answers late or
-        // not at all is how a dead peer comes to be suspect.
-        let now = self.now;
+        // A late one (stalled or unawaited) runs on to its deadline, unwaited for: whether its
+        // peer answers late or not at all is how a dead peer comes to be suspect.
         for rpc in &state.in_flight {
-            let stalled = self
+            let late = self
                 .dht
                 .ops
                 .rpcs
                 .get(rpc)
-                .is_some_and(|r| r.stall_at.is_some_and(|at| at <= now));
-            if !stalled && self.dht.ops.take_rpc(*rpc).is_some() {
+                .and_then(|r| r.to)
+                .is_some_and(|peer| state.lookup.is_late(&peer));
+            if !late && self.dht.ops.take_rpc(*rpc).is_some() {
                 self.dht.actions.push_back(super::Action::Cancel(*rpc));
             }
         }

@@ -174,6 +174,11 @@ impl Health {
             })
     }
 
+    /// Whether `id` failed its last request and has not answered since (suspect or no longer).
+    pub(crate) fn failed_last(&self, id: &NodeId) -> bool {
+        self.failing.may_hold(id) && self.peers.get(id).is_some_and(|p| p.failures > 0)
+    }
+
     /// Peers that failed of late and whose suspect time is up at `now`, each returned once: to
     /// be asked again, so that a dead one fails its way out of the table and a live one is
     /// cleared.
