@@ -81,6 +81,9 @@ pub struct Outcome<A> {
     /// Longest chain of answers that led to a queried peer: a seed is hop 1, a peer first learnt
     /// from a seed's answer hop 2, and so on. 0 when nothing was queried.
     pub hops: u32,
+    /// Hops on the path to what the lookup was for: the hop of the peer whose answer brought the
+    /// first provider, else of the closest peer that answered. 0 when no peer answered.
+    pub path_hops: u32,
     /// Queries sent.
     pub queried: usize,
     /// Queries answered.
@@ -108,6 +111,8 @@ pub struct Lookup<A> {
     providers: Vec<FoundProvider>,
     provider_ids: HashSet<Vec<u8>>,
     hops: u32,
+    /// The hop of the peer whose answer brought the first provider.
+    first_provider_hop: Option<u32>,
     queried: usize,
     answered: usize,
     failed: usize,
@@ -158,6 +163,7 @@ impl<A: Clone> Lookup<A> {
             providers: Vec::new(),
             provider_ids: HashSet::new(),
             hops: 0,
+            first_provider_hop: None,
             queried: 0,
             answered: 0,
             failed: 0,
@@ -245,7 +251,8 @@ impl<A: Clone> Lookup<A> {
             State::Waiting | State::Answered => return,
         }
         c.state = State::Answered;
-        let hop = c.hop.saturating_add(1);
+        let answered_hop = c.hop;
+        let hop = answered_hop.saturating_add(1);
         self.answered += 1;
         if self.providers_reached() {
             return;
@@ -257,6 +264,7 @@ impl<A: Clone> Lookup<A> {
             if !self.provider_ids.contains(&identity) {
                 self.provider_ids.insert(identity.clone());
                 self.providers.push(FoundProvider { identity, record });
+                self.first_provider_hop.get_or_insert(answered_hop);
             }
         }
         if self.providers_reached() {
@@ -361,6 +369,7 @@ impl<A: Clone> Lookup<A> {
     /// What was found so far (final once [`Lookup::is_finished`]).
     pub fn outcome(&self) -> Outcome<A> {
         Outcome {
+            path_hops: self.path_hops(),
             closest: self
                 .candidates
                 .iter()
@@ -380,6 +389,7 @@ impl<A: Clone> Lookup<A> {
     pub fn into_outcome(self) -> Outcome<A> {
         let k = self.config.k;
         Outcome {
+            path_hops: self.path_hops(),
             closest: self
                 .candidates
                 .into_iter()
@@ -393,6 +403,18 @@ impl<A: Clone> Lookup<A> {
             answered: self.answered,
             failed: self.failed,
         }
+    }
+
+    fn path_hops(&self) -> u32 {
+        self.first_provider_hop
+            .or_else(|| {
+                let mut answered = self
+                    .candidates
+                    .iter()
+                    .filter(|c| c.state == State::Answered);
+                answered.next().map(|c| c.hop)
+            })
+            .unwrap_or(0)
     }
 
     fn providers_reached(&self) -> bool {
@@ -827,7 +849,32 @@ mod tests {
         assert!(l.is_finished());
         let out = l.outcome();
         assert_eq!(out.hops, 4);
+        assert_eq!(out.path_hops, 4, "the closest, 8, was hop 4");
         assert_eq!(ids(&out.closest), vec![8]);
+    }
+
+    #[test]
+    fn path_hops_count_to_the_first_provider_or_else_the_closest() {
+        let provider = |name: &[u8]| (name.to_vec(), b"record".to_vec());
+        // Seeds 10 and 20 are hop 1; 5, learnt from 10, is hop 2 and the closest; 30, learnt
+        // from 20, is hop 2 too, and its answer brings the first provider.
+        let mut l = Lookup::new(target(), config(5, 4), peers([10, 20]));
+        assert_eq!(l.outcome().path_hops, 0, "nothing answered yet");
+        assert_eq!(ids(&l.next_queries()), vec![10, 20]);
+        l.on_response(&id(10), peers([5]), NO_PROVIDERS);
+        l.on_response(&id(20), peers([30]), NO_PROVIDERS);
+        assert_eq!(ids(&l.next_queries()), vec![5, 30]);
+        l.on_response(&id(5), peers([]), NO_PROVIDERS);
+        assert_eq!(l.outcome().path_hops, 2, "the closest that answered");
+        l.on_response(&id(30), peers([40]), [provider(b"p")]);
+        assert_eq!(ids(&l.next_queries()), vec![40]);
+        l.on_response(&id(40), peers([]), [provider(b"q")]);
+        let out = l.outcome();
+        assert_eq!(
+            (out.hops, out.path_hops),
+            (3, 2),
+            "the first provider came from 30"
+        );
     }
 
     #[test]

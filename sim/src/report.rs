@@ -13,6 +13,8 @@ pub struct ProviderSample {
     pub found_one: bool,
     /// Longest chain of answers the lookup followed.
     pub hops: u32,
+    /// Hops to the peer that brought the first provider (else to the closest that answered).
+    pub path_hops: u32,
     /// Requests the lookup sent.
     pub messages: usize,
     /// Virtual time from start to end.
@@ -35,6 +37,8 @@ pub struct NodeSample {
     pub truth: usize,
     /// Longest chain of answers the lookup followed.
     pub hops: u32,
+    /// Hops to the closest peer that answered.
+    pub path_hops: u32,
     /// Requests the lookup sent.
     pub messages: usize,
     /// Virtual time from start to end.
@@ -69,10 +73,13 @@ impl Report {
     /// provider, churn.
     pub fn summary(&self) -> String {
         format!(
-            "success all {:.2} % one {:.2} %, hops p50 {} p99 {}, recall {:.2} %, {:.1} \
-             messages/lookup, first provider p50 {:.2} RTTs, {} departures, {} abandoned",
+            "success all {:.2} % one {:.2} %, path hops p50 {} p99 {} (longest chain p50 {} p99 \
+             {}), recall {:.2} %, {:.1} messages/lookup, first provider p50 {:.2} RTTs, {} \
+             departures, {} abandoned",
             self.success_all_pct(),
             self.success_one_pct(),
+            self.path_hops_quantile(0.5),
+            self.path_hops_quantile(0.99),
             self.hops_quantile(0.5),
             self.hops_quantile(0.99),
             self.replica_recall_pct(),
@@ -105,16 +112,25 @@ impl Report {
         percent(recalled, self.node_lookups.iter().map(|s| s.truth).sum())
     }
 
-    /// The `q`-quantile of hops over every lookup of either kind.
+    /// The `q`-quantile of the longest chain of answers over every lookup of either kind.
     pub fn hops_quantile(&self, q: f64) -> u32 {
-        let provider = self.provider_lookups.iter().map(|s| s.hops);
-        quantile(
-            provider
-                .chain(self.node_lookups.iter().map(|s| s.hops))
-                .collect(),
-            q,
-        )
-        .unwrap_or(0)
+        self.quantile_over_lookups(q, |s| s.hops, |s| s.hops)
+    }
+
+    /// The `q`-quantile of path hops (to the first provider, or to the closest node) over every
+    /// lookup of either kind.
+    pub fn path_hops_quantile(&self, q: f64) -> u32 {
+        self.quantile_over_lookups(q, |s| s.path_hops, |s| s.path_hops)
+    }
+
+    fn quantile_over_lookups(
+        &self,
+        q: f64,
+        provider: fn(&ProviderSample) -> u32,
+        node: fn(&NodeSample) -> u32,
+    ) -> u32 {
+        let all = self.provider_lookups.iter().map(provider);
+        quantile(all.chain(self.node_lookups.iter().map(node)).collect(), q).unwrap_or(0)
     }
 
     /// Mean requests sent per lookup, over every lookup of either kind.

@@ -282,6 +282,7 @@ impl<'a> Run<'a> {
                     recalled: truth.iter().filter(|id| returned.contains(id)).count(),
                     truth: truth.len(),
                     hops: report.hops,
+                    path_hops: report.path_hops,
                     messages: report.queried,
                     elapsed: report.elapsed,
                 });
@@ -444,6 +445,7 @@ fn provider_sample(expected: &BTreeMap<NodeId, Duration>, report: &LookupReport)
         found_all: live_found == expected.len(),
         found_one: live_found > 0,
         hops: report.hops,
+        path_hops: report.path_hops,
         messages: report.queried,
         elapsed: report.elapsed,
         // The report's first provider may be a departed one whose record lives on: for the

@@ -703,6 +703,7 @@ impl<S: StoreAccess> Cx<'_, S> {
                 .map(|(id, addr)| NodeInfo { id, addr })
                 .collect(),
             hops: outcome.hops,
+            path_hops: outcome.path_hops,
             queried: outcome.queried,
             answered: outcome.answered,
             failed: outcome.failed,

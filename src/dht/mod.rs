@@ -200,6 +200,9 @@ pub struct LookupReport {
     pub closest: Vec<NodeInfo>,
     /// Longest chain of answers that led to a queried peer (a seed from the table is hop 1).
     pub hops: u32,
+    /// Hops to what the lookup was for: to the peer whose answer brought the first provider,
+    /// else to the closest peer that answered (see [`crate::lookup::Outcome::path_hops`]).
+    pub path_hops: u32,
     /// Queries sent.
     pub queried: usize,
     /// Queries answered.

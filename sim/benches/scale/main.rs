@@ -115,7 +115,7 @@ fn main() {
         rows.push(row(
             "sim_10k_churn_p99_hops",
             "hops",
-            r.hops_quantile(0.99).into(),
+            r.path_hops_quantile(0.99).into(),
         ));
         rows.push(row(
             "sim_10k_churn_replica_recall_pct",
@@ -175,18 +175,21 @@ fn main() {
 /// Median session lengths, in minutes, of the 1 k churn sweep (the success-against-churn plot).
 const CHURN_SWEEP_MINUTES: [u64; 3] = [60, 30, 15];
 
-/// The p50 and p99 hops rows of a scenario.
+/// The p50 and p99 hops rows of a scenario: path hops (to the first provider, or to the closest
+/// node), and the longest chain of answers a lookup followed.
 fn hop_rows(rows: &mut Vec<Row>, prefix: &str, report: &Report) {
-    rows.push(row(
-        &format!("{prefix}_p50_hops"),
-        "hops",
-        report.hops_quantile(0.5).into(),
-    ));
-    rows.push(row(
-        &format!("{prefix}_p99_hops"),
-        "hops",
-        report.hops_quantile(0.99).into(),
-    ));
+    for (q, at) in [(0.5, "p50"), (0.99, "p99")] {
+        rows.push(row(
+            &format!("{prefix}_{at}_hops"),
+            "hops",
+            report.path_hops_quantile(q).into(),
+        ));
+        rows.push(row(
+            &format!("{prefix}_{at}_longest_chain_hops"),
+            "hops",
+            report.hops_quantile(q).into(),
+        ));
+    }
 }
 
 /// `scenario` with nodes leaving after exponentially distributed sessions of `median_min`
