@@ -434,12 +434,20 @@ impl<A: Clone> Lookup<A> {
     /// the set within its bound.
     fn offer(&mut self, id: NodeId, addr: A, hop: u32) {
         let distance = key(&id.distance(&self.target));
-        // Known candidates are the common case in a converging lookup: rule them out first.
-        let Err(at) = self
+        // Known candidates are the common case in a converging lookup: rule them out first. A
+        // shorter chain of answers to a known one lowers its hop (answers come in the order of
+        // their round trips, not of their chains).
+        let at = match self
             .candidates
             .binary_search_by(|c| c.distance.cmp(&distance))
-        else {
-            return;
+        {
+            Ok(known) => {
+                if let Some(c) = self.candidates.get_mut(known) {
+                    c.hop = c.hop.min(hop);
+                }
+                return;
+            }
+            Err(at) => at,
         };
         if self.config.local == Some(id) || self.excluded.contains(&id) {
             return;
@@ -851,6 +859,21 @@ mod tests {
         assert_eq!(out.hops, 4);
         assert_eq!(out.path_hops, 4, "the closest, 8, was hop 4");
         assert_eq!(ids(&out.closest), vec![8]);
+    }
+
+    #[test]
+    fn a_shorter_chain_to_a_known_candidate_lowers_its_hop() {
+        let mut l = Lookup::new(target(), config(5, 3), peers([10, 20]));
+        assert_eq!(ids(&l.next_queries()), vec![10, 20]);
+        l.on_response(&id(10), peers([15]), NO_PROVIDERS);
+        assert_eq!(ids(&l.next_queries()), vec![15]);
+        l.on_response(&id(15), peers([5]), NO_PROVIDERS);
+        assert_eq!(ids(&l.next_queries()), vec![5], "5 is hop 3, through 10 and 15");
+        l.on_response(&id(20), peers([5]), NO_PROVIDERS);
+        l.on_response(&id(5), peers([]), NO_PROVIDERS);
+        assert!(l.is_finished());
+        let out = l.outcome();
+        assert_eq!((out.hops, out.path_hops), (3, 2), "20, a seed, named 5 too");
     }
 
     #[test]

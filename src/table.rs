@@ -71,7 +71,7 @@ pub struct RoutingTable<T> {
     config: TableConfig,
     /// Info of the nodes in buckets.
     nodes: HashMap<NodeId, T>,
-    /// One per bucket index 0..=255.
+    /// One per bucket index, from 0 to the nearest one that ever held a node (made on demand).
     buckets: Vec<Bucket<T>>,
     /// Ids of the nodes in buckets, ascending.
     sorted: Vec<NodeId>,
@@ -88,17 +88,11 @@ struct Bucket<T> {
 impl<T> RoutingTable<T> {
     /// An empty table around `local`, the id of this node, which is never inserted.
     pub fn new(local: NodeId, config: TableConfig) -> Self {
-        let buckets = (0..ID_BITS)
-            .map(|_| Bucket {
-                nodes: Vec::new(),
-                replacements: Vec::new(),
-            })
-            .collect();
         RoutingTable {
             local,
             config,
             nodes: HashMap::new(),
-            buckets,
+            buckets: Vec::new(),
             sorted: Vec::new(),
         }
     }
@@ -119,7 +113,19 @@ impl<T> RoutingTable<T> {
     /// recent are kept and the oldest dropped (`Pending`).
     pub fn insert(&mut self, id: NodeId, info: T) -> Inserted {
         // Bucket 256 ("same id") does not exist: that is the local id.
-        let Some(bucket) = self.buckets.get_mut(self.local.bucket_index(&id) as usize) else {
+        let index = self.local.bucket_index(&id) as usize;
+        if index >= ID_BITS {
+            return Inserted::Local;
+        }
+        // Buckets are made as far as the nearest one used: in a network of n nodes only about
+        // log2(n) of the 256 ever hold a node.
+        if self.buckets.len() <= index {
+            self.buckets.resize_with(index + 1, || Bucket {
+                nodes: Vec::new(),
+                replacements: Vec::new(),
+            });
+        }
+        let Some(bucket) = self.buckets.get_mut(index) else {
             return Inserted::Local;
         };
         if let Some(known) = self.nodes.get_mut(&id) {
@@ -300,6 +306,18 @@ mod tests {
         assert_eq!(t.insert(id(&[]), 1), Inserted::Local);
         assert!(t.is_empty());
         assert_eq!(t.remove(&id(&[])), Removed::Unknown);
+    }
+
+    #[test]
+    fn buckets_are_made_as_far_as_the_nearest_one_used() {
+        let mut t = table(2, 1);
+        assert_eq!(t.buckets.len(), 0, "nothing up front");
+        assert_eq!(t.insert(id(&[0x80]), 1), Inserted::Added);
+        assert_eq!(t.buckets.len(), 1);
+        assert_eq!(t.insert(id(&[0, 1]), 2), Inserted::Added);
+        assert_eq!(t.buckets.len(), 16, "up to bucket 15, the nearest used");
+        assert_eq!(t.remove(&id(&[0, 0, 1])), Removed::Unknown, "in bucket 23, never made");
+        assert_eq!(t.closest(&id(&[]), 5).len(), 2);
     }
 
     #[test]

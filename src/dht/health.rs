@@ -78,17 +78,12 @@ struct Peer {
 }
 
 /// Slots of [`Failing`].
-const SLOTS: usize = 4096;
+const SLOTS: usize = 256;
 
-/// A counting filter of the failing peers: no false "no", few false "maybe".
-#[derive(Debug)]
-struct Failing(Box<[u16; SLOTS]>);
-
-impl Default for Failing {
-    fn default() -> Failing {
-        Failing(Box::new([0; SLOTS]))
-    }
-}
+/// A counting filter of the failing peers: no false "no", few false "maybe". Its slots are made
+/// at the first failure: most nodes of a quiet network never see one.
+#[derive(Debug, Default)]
+struct Failing(Option<Box<[u16; SLOTS]>>);
 
 impl Failing {
     fn slot(id: &NodeId) -> usize {
@@ -97,15 +92,19 @@ impl Failing {
 
     // At most MAX_PEERS (4096) peers are counted: a u16 never overflows.
     fn add(&mut self, id: &NodeId) {
-        self.0[Failing::slot(id)] += 1;
+        self.0.get_or_insert_with(|| Box::new([0; SLOTS]))[Failing::slot(id)] += 1;
     }
 
     fn remove(&mut self, id: &NodeId) {
-        self.0[Failing::slot(id)] -= 1;
+        if let Some(slots) = &mut self.0 {
+            slots[Failing::slot(id)] -= 1;
+        }
     }
 
     fn may_hold(&self, id: &NodeId) -> bool {
-        self.0[Failing::slot(id)] > 0
+        self.0
+            .as_ref()
+            .is_some_and(|slots| slots[Failing::slot(id)] > 0)
     }
 }
 
