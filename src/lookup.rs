@@ -868,7 +868,11 @@ mod tests {
         l.on_response(&id(10), peers([15]), NO_PROVIDERS);
         assert_eq!(ids(&l.next_queries()), vec![15]);
         l.on_response(&id(15), peers([5]), NO_PROVIDERS);
-        assert_eq!(ids(&l.next_queries()), vec![5], "5 is hop 3, through 10 and 15");
+        assert_eq!(
+            ids(&l.next_queries()),
+            vec![5],
+            "5 is hop 3, through 10 and 15"
+        );
         l.on_response(&id(20), peers([5]), NO_PROVIDERS);
         l.on_response(&id(5), peers([]), NO_PROVIDERS);
         assert!(l.is_finished());

@@ -316,7 +316,11 @@ mod tests {
         assert_eq!(t.buckets.len(), 1);
         assert_eq!(t.insert(id(&[0, 1]), 2), Inserted::Added);
         assert_eq!(t.buckets.len(), 16, "up to bucket 15, the nearest used");
-        assert_eq!(t.remove(&id(&[0, 0, 1])), Removed::Unknown, "in bucket 23, never made");
+        assert_eq!(
+            t.remove(&id(&[0, 0, 1])),
+            Removed::Unknown,
+            "in bucket 23, never made"
+        );
         assert_eq!(t.closest(&id(&[]), 5).len(), 2);
     }
 
