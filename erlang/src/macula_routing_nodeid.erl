@@ -7,9 +7,9 @@
 %%
 %% The math functions (`normalize/1', `distance/2', `leading_zeros/1',
 %% `closer_to/3', `compare/3', `bucket_index/2', `to_hex/1') raise
-%% `error:badarg' when given a non-binary. The parsers (`from_binary/1',
-%% `from_hex/1') already return tagged tuples, so they return
-%% `{error, _}' for any bad term instead.
+%% `error:badarg' when given a non-binary. `from_binary/1' returns
+%% `{error, invalid_size}' for any bad term. `from_hex/1', as the old module's,
+%% returns the bare id and raises for bad input.
 -module(macula_routing_nodeid).
 
 -export([generate/0, from_binary/1, normalize/1, distance/2, leading_zeros/1,
@@ -109,21 +109,16 @@ to_hex(Other) ->
 hex_digit(N) when N < 10 -> $0 + N;
 hex_digit(N) -> $a + N - 10.
 
-%% @doc Parses 64 hex chars (either case, charlist or binary) into 32 bytes.
-%% Any other term is `{error, invalid_hex}'.
--spec from_hex(string() | binary() | term()) -> {ok, <<_:256>>} | {error, invalid_hex}.
-from_hex(Hex) when is_list(Hex) ->
-    case io_lib:latin1_char_list(Hex) of
-        true -> from_hex(list_to_binary(Hex));
-        false -> {error, invalid_hex}
-    end;
+%% @doc The 32 bytes of a 64-character hex id, either case (a charlist, as the
+%% old module took it, or a binary), as a bare binary. As in the old module, a
+%% charlist of another length (or any other term) raises `function_clause' and
+%% a non-hex character raises `badarg'; a binary of another length raises
+%% `function_clause' too.
+-spec from_hex(string() | binary()) -> <<_:256>>.
+from_hex(Hex) when length(Hex) =:= 2 * ?ID_BYTES ->
+    binary:decode_hex(list_to_binary(Hex));
 from_hex(<<_:(2 * ?ID_BYTES)/binary>> = Hex) ->
-    case decode_hex(Hex) of
-        {ok, Id} -> {ok, Id};
-        error -> {error, invalid_hex}
-    end;
-from_hex(_) ->
-    {error, invalid_hex}.
+    binary:decode_hex(Hex).
 
 -spec decode_hex(binary()) -> {ok, binary()} | error.
 decode_hex(Hex) ->

@@ -3,7 +3,12 @@
 %% The registry is a plain value threaded through its owner (usually a
 %% gen_server's state): the services this node handles itself, and two
 %% short-lived caches of DHT answers, one of service providers and one of
-%% pub/sub subscribers. It is a map, but callers must treat it as opaque.
+%% pub/sub subscribers. It is a map with the old registry's keys, which
+%% existing callers match on: `local_services', `cache' (the providers),
+%% `subscriber_cache', `default_ttl', `cache_ttl' and `service_ttl'; the keys
+%% of `pick/3' and `report_failure/3' (`dht', `rtt', `failure_backoff_ms',
+%% `rotations', `failures') come beside them. What the three tables hold per
+%% id is this module's own.
 %%
 %% Configuration is in seconds; entries keep their times in monotonic
 %% milliseconds. Every entry (local service or cache entry) has a lifetime
@@ -65,7 +70,7 @@
 -type failover_options() :: #{strategy => strategy(), tries => pos_integer(), atom() => term()}.
 -type provider() :: map().
 -type entry() :: #{value := term(), stamp := integer(), lifetime := non_neg_integer()}.
--type table() :: local_services | services | subscribers.
+-type table() :: local_services | cache | subscriber_cache.
 %% A reported provider: skipped until `until' (ms) unless re-advertised after `advertised_at'.
 -type failure() :: #{until := integer(), backoff := pos_integer(), advertised_at := term(),
                      reported := integer()}.
@@ -74,15 +79,17 @@
 -type rank() :: number() | infinity.
 %% A provider's place in the stable order of a service's providers, from 0.
 -type place() :: non_neg_integer().
--opaque registry() :: #{default_ttl := seconds(),
-                        cache_ttl := seconds(),
-                        service_ttl := seconds(),
-                        dht := dht(),
-                        rtt := rtt_fun(),
-                        failure_backoff_ms := pos_integer(),
-                        rotations := #{service_id() => place()},
-                        failures := failures(),
-                        table() => #{binary() => entry()}}.
+-type registry() :: #{local_services := #{service_id() => entry()},
+                      cache := #{service_id() => entry()},
+                      subscriber_cache := #{binary() => entry()},
+                      default_ttl := seconds(),
+                      cache_ttl := seconds(),
+                      service_ttl := seconds(),
+                      dht := dht(),
+                      rtt := rtt_fun(),
+                      failure_backoff_ms := pos_integer(),
+                      rotations := #{service_id() => place()},
+                      failures := failures()}.
 
 %%====================================================================
 %% Construction
@@ -111,7 +118,7 @@ new(Opts) when is_map(Opts) ->
     Config = maps:map(fun(Name, Default) -> option(Name, Default, fun is_seconds/1, Opts) end,
                       ?DEFAULTS),
     Dht = option(dht, macula_routing_server, fun is_dht/1, Opts),
-    Config#{local_services => #{}, services => #{}, subscribers => #{},
+    Config#{local_services => #{}, cache => #{}, subscriber_cache => #{},
             dht => Dht,
             rtt => option(rtt, default_rtt(Dht), fun(Rtt) -> is_function(Rtt, 1) end, Opts),
             failure_backoff_ms => option(failure_backoff_ms, ?FAILURE_BACKOFF_MS,
@@ -197,23 +204,23 @@ discover_service(Registry, ServiceId) ->
 discover_service(Registry, ServiceId, Opts) when is_map(Opts) ->
     case maps:get(force_refresh, Opts, false) of
         true -> {cache_miss, Registry};
-        _ -> lookup(services, Registry, ServiceId)
+        _ -> lookup(cache, Registry, ServiceId)
     end.
 
 %% @doc Caches providers for min(TTL, cache_ttl) seconds, replacing any
 %% earlier entry for the id.
 -spec cache_service(registry(), service_id(), [map()], seconds()) -> registry().
 cache_service(Registry, ServiceId, Providers, TTL) ->
-    cache(services, Registry, ServiceId, Providers, TTL).
+    cache(cache, Registry, ServiceId, Providers, TTL).
 
 %% @doc Drops expired provider entries; returns how many were dropped.
 -spec prune_expired(registry()) -> {registry(), non_neg_integer()}.
 prune_expired(Registry) ->
-    prune(services, Registry).
+    prune(cache, Registry).
 
 -spec clear_cache(registry()) -> registry().
 clear_cache(Registry) ->
-    clear(services, Registry).
+    clear(cache, Registry).
 
 %%====================================================================
 %% Subscriber cache (same rules as the provider cache)
@@ -222,19 +229,19 @@ clear_cache(Registry) ->
 -spec discover_subscribers(registry(), binary()) ->
           {ok, [term()], registry()} | {cache_miss, registry()}.
 discover_subscribers(Registry, Topic) ->
-    lookup(subscribers, Registry, Topic).
+    lookup(subscriber_cache, Registry, Topic).
 
 -spec cache_subscribers(registry(), binary(), [term()], seconds()) -> registry().
 cache_subscribers(Registry, Topic, Subscribers, TTL) ->
-    cache(subscribers, Registry, Topic, Subscribers, TTL).
+    cache(subscriber_cache, Registry, Topic, Subscribers, TTL).
 
 -spec prune_expired_subscribers(registry()) -> {registry(), non_neg_integer()}.
 prune_expired_subscribers(Registry) ->
-    prune(subscribers, Registry).
+    prune(subscriber_cache, Registry).
 
 -spec clear_subscriber_cache(registry()) -> registry().
 clear_subscriber_cache(Registry) ->
-    clear(subscribers, Registry).
+    clear(subscriber_cache, Registry).
 
 %%====================================================================
 %% DHT helpers
@@ -314,7 +321,7 @@ remove_from_dht(_Dht, ServiceId, NodeId) ->
           {ok, provider(), registry()}
         | {error, no_providers | {invalid_service_id, term()} | {invalid_strategy, term()}}.
 pick(Registry, ServiceId, Strategy) when is_binary(ServiceId), ?IS_STRATEGY(Strategy) ->
-    case lookup(services, Registry, ServiceId) of
+    case lookup(cache, Registry, ServiceId) of
         {ok, [], _Registry1} ->
             {error, no_providers};
         {ok, Providers, Registry1} ->
@@ -395,7 +402,7 @@ call_with_failover(Registry, ServiceId, Fun, Opts) when is_map(Opts) ->
 %% Internal: entries and tables
 %%====================================================================
 
--spec cache(services | subscribers, registry(), binary(), list(), seconds()) -> registry().
+-spec cache(cache | subscriber_cache, registry(), binary(), list(), seconds()) -> registry().
 cache(Table, Registry, Key, Values, TTL)
   when is_binary(Key), is_list(Values), is_integer(TTL), TTL >= 0 ->
     #{cache_ttl := CacheTTL} = Registry,
@@ -600,8 +607,8 @@ is_backed_off(#{until := Until, advertised_at := Reported}, Advertised, Now) ->
 
 %% The `advertised_at' of the cached provider `NodeId' (expired or not), else `undefined'.
 -spec cached_advertised_at(registry(), service_id(), binary()) -> term().
-cached_advertised_at(#{services := Services}, ServiceId, NodeId) ->
-    #{value := Providers} = maps:get(ServiceId, Services, #{value => []}),
+cached_advertised_at(#{cache := Cache}, ServiceId, NodeId) ->
+    #{value := Providers} = maps:get(ServiceId, Cache, #{value => []}),
     case [field(advertised_at, P) || P <- Providers, node_id(P) =:= NodeId] of
         [Advertised | _] -> Advertised;
         [] -> undefined

@@ -110,27 +110,53 @@ to_hex_test_() ->
      ?_assertEqual("", ?M:to_hex(<<>>)),
      ?_assertError(badarg, ?M:to_hex(hex_lower()))].
 
+%% As the old module: the bare 32-byte id from 64 hex characters of either case.
 from_hex_test_() ->
-    [?_assertEqual({ok, id()}, ?M:from_hex(hex_lower())),
-     ?_assertEqual({ok, id()}, ?M:from_hex(hex_upper())),
-     ?_assertEqual({ok, id()}, ?M:from_hex(list_to_binary(hex_lower()))),
-     ?_assertEqual({ok, id()}, ?M:from_hex(list_to_binary(hex_upper()))),
-     ?_assertEqual({error, invalid_hex}, ?M:from_hex(tl(hex_lower()))),
-     ?_assertEqual({error, invalid_hex}, ?M:from_hex(hex_lower() ++ "0")),
-     ?_assertEqual({error, invalid_hex}, ?M:from_hex("g" ++ tl(hex_lower()))),
-     ?_assertEqual({error, invalid_hex}, ?M:from_hex(binary:copy(<<"zz">>, 32))),
-     ?_assertEqual({error, invalid_hex}, ?M:from_hex(id())),
-     ?_assertEqual({error, invalid_hex}, ?M:from_hex([16#100 | tl(hex_lower())])),
-     ?_assertEqual({error, invalid_hex}, ?M:from_hex([$a | $b])),
-     ?_assertEqual({error, invalid_hex}, ?M:from_hex([<<"00">> | tl(tl(hex_lower()))])),
-     ?_assertEqual({error, invalid_hex}, ?M:from_hex("")),
-     ?_assertEqual({error, invalid_hex}, ?M:from_hex(abc)),
-     ?_assertEqual({error, invalid_hex}, ?M:from_hex(123))].
+    Mixed = "000102030405060708090A0b0C0d0E0f101112131415161718191A1B1c1d1E1F",
+    [?_assertEqual(id(), ?M:from_hex(hex_lower())),
+     ?_assertEqual(id(), ?M:from_hex(hex_upper())),
+     ?_assertEqual(id(), ?M:from_hex(Mixed)),
+     ?_assertEqual(<<0:256>>, ?M:from_hex(lists:duplicate(64, $0))),
+     ?_assertEqual(<<-1:256>>, ?M:from_hex(lists:duplicate(64, $F))),
+     %% Beyond the old module, which took charlists only: a 64-byte binary reads the same.
+     ?_assertEqual(id(), ?M:from_hex(list_to_binary(hex_lower()))),
+     ?_assertEqual(id(), ?M:from_hex(list_to_binary(Mixed)))].
+
+%% A string that is not 64 characters long raises `function_clause', as the old guard
+%% `length(Hex) =:= 64' did; so does a binary of another length, and any other term.
+from_hex_wrong_length_test_() ->
+    Wrong = ["", "xyz", tl(hex_lower()), hex_lower() ++ "0", hex_lower() ++ hex_lower(),
+             [$a | $b], <<>>, <<"xyz">>, list_to_binary(tl(hex_lower())),
+             list_to_binary(hex_lower() ++ "0"), id(), abc, 123],
+    [{title(Hex), ?_assertError(function_clause, ?M:from_hex(Hex))} || Hex <- Wrong].
+
+%% 64 characters with one that is not a hex digit raise `badarg', wherever it is.
+from_hex_not_hex_test_() ->
+    NotHex = [[$g | tl(hex_lower())],
+              lists:droplast(hex_lower()) ++ "g",
+              replace_nth(20, $\s, hex_lower()),
+              replace_nth(33, $G, hex_upper()),
+              replace_nth(2, $-, hex_lower()),
+              lists:duplicate(64, $z),
+              %% not even a byte
+              [16#100 | tl(hex_lower())],
+              %% 64 elements, but 65 characters
+              [<<"00">> | tl(hex_lower())]],
+    Binaries = [list_to_binary(Hex) || Hex <- lists:sublist(NotHex, 6)],
+    [{title(Hex), ?_assertError(badarg, ?M:from_hex(Hex))} || Hex <- NotHex ++ Binaries].
+
+title(Term) ->
+    lists:flatten(io_lib:format("~0tp", [Term])).
+
+replace_nth(N, Char, List) ->
+    {Before, [_ | After]} = lists:split(N - 1, List),
+    Before ++ [Char | After].
 
 hex_round_trip_test() ->
     [begin
          Id = ?M:generate(),
          Hex = ?M:to_hex(Id),
-         ?assertEqual({ok, Id}, ?M:from_hex(Hex)),
+         ?assertEqual(Id, ?M:from_hex(Hex)),
+         ?assertEqual(Id, ?M:from_hex(string:uppercase(Hex))),
          ?assertEqual(Id, ?M:normalize(list_to_binary(Hex)))
      end || _ <- lists:seq(1, 20)].

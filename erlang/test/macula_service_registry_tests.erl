@@ -22,6 +22,35 @@ new_test_() ->
      ?_assertError(badarg, ?M:new(#{default_ttl => 1.5})),
      ?_assertError(function_clause, ?M:new([{cache_ttl, 1}]))].
 
+%% The old registry's keys, which existing callers and tests match on, with the old defaults;
+%% the keys of `pick/3' and `report_failure/3' come beside them.
+old_keys_test_() ->
+    R = ?M:new(),
+    Old = [local_services, cache, subscriber_cache, default_ttl, cache_ttl, service_ttl],
+    [?_test(begin #{cache := _} = ?M:new() end),
+     ?_test(begin
+                #{cache := #{}, subscriber_cache := #{}, local_services := #{}} = ?M:new(#{})
+            end),
+     ?_assertMatch(#{default_ttl := 300, cache_ttl := 60, service_ttl := 300}, R),
+     ?_assertMatch(#{default_ttl := 10, cache_ttl := 20, service_ttl := 30},
+                   ?M:new(#{default_ttl => 10, cache_ttl => 20, service_ttl => 30})),
+     ?_assertEqual(lists:sort(Old ++ [dht, rtt, failure_backoff_ms, rotations, failures]),
+                   lists:sort(maps:keys(R))),
+     ?_assertEqual([], [Key || Key <- [services, subscribers], is_map_key(Key, R)])].
+
+%% Each table holds its entries under its old key: one per id, gone when removed.
+entries_under_old_keys_test() ->
+    R0 = ?M:new(),
+    R1 = ?M:cache_subscribers(?M:cache_service(?M:advertise_local(R0, <<"l">>, handler(l), #{}),
+                                               <<"c">>, providers(), 300),
+                              <<"s">>, providers(), 300),
+    #{local_services := Local, cache := Cache, subscriber_cache := Subscribers} = R1,
+    ?assertEqual({[<<"l">>], [<<"c">>], [<<"s">>]},
+                 {maps:keys(Local), maps:keys(Cache), maps:keys(Subscribers)}),
+    R2 = ?M:clear_subscriber_cache(?M:clear_cache(?M:unadvertise_local(R1, <<"l">>))),
+    ?assertMatch(#{local_services := Empty, cache := Empty, subscriber_cache := Empty}
+                   when Empty =:= #{}, R2).
+
 %%--------------------------------------------------------------------
 %% Local services
 %%--------------------------------------------------------------------
@@ -70,10 +99,10 @@ prune_expired_local_services_test_() ->
 -record(cache, {name, discover, put, prune, clear}).
 
 caches() ->
-    [#cache{name = services,
+    [#cache{name = cache,
             discover = fun ?M:discover_service/2, put = fun ?M:cache_service/4,
             prune = fun ?M:prune_expired/1, clear = fun ?M:clear_cache/1},
-     #cache{name = subscribers,
+     #cache{name = subscriber_cache,
             discover = fun ?M:discover_subscribers/2, put = fun ?M:cache_subscribers/4,
             prune = fun ?M:prune_expired_subscribers/1, clear = fun ?M:clear_subscriber_cache/1}].
 
