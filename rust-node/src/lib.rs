@@ -14,6 +14,8 @@
 //! - [`shared_store`]: the provider store a node serves from, shareable with its host;
 //! - [`ctl`]: the local control socket of a running node;
 //! - [`config`]: the `rust-node run` settings, from flags and a TOML file;
+//! - `metrics` (feature `metrics`, on with `cli`): the OpenMetrics endpoint of `rust-node run
+//!   --metrics`;
 //! - [`testnet`]: many nodes in one process, for tests and benches.
 
 #![warn(missing_docs)]
@@ -21,6 +23,8 @@
 pub mod config;
 pub mod ctl;
 pub mod identity;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod node;
 pub mod record;
 pub mod shared_store;

@@ -1,5 +1,5 @@
-//! `rust-node`: run a native macula_dht node, look a service up as a one-shot client, or
-//! control a running node through its local socket.
+//! `rust-node`: run a native macula_dht node, look a service up as a one-shot client, control
+//! a running node through its local socket, or run a local network of nodes.
 //!
 //! Every failure a user can cause (a bad flag, a port in use, an unreachable bootstrap node, a
 //! bad config file) ends the process with one plain line on stderr and a non-zero status.
@@ -9,6 +9,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,11 @@ use macula_dht_node::config::{
     resolve_addr, ConfigError, RunOptions, RunSettings, DEFAULT_TTL_SECS,
 };
 use macula_dht_node::ctl::{self, CtlError, CtlRequest, CtlResponse, CtlServer};
+use macula_dht_node::metrics::{Exposure, MetricsError, MetricsServer};
 use macula_dht_node::record::{unhex, unix_now, ProviderView};
+use macula_dht_node::testnet::{
+    ProcessTestnet, ProcessTestnetConfig, ProcessTestnetError, MAX_PROCESS_NODES,
+};
 use macula_dht_node::{
     id_hex, Identity, IdentityError, Node, NodeConfig, NodeError, Strategy, UnknownStrategy,
 };
@@ -39,11 +44,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node until SIGINT or SIGTERM.
-    Run(RunArgs),
+    // Boxed: its many settings make it much larger than the other commands.
+    Run(Box<RunArgs>),
     /// Look a service up through a node and print its providers (exit 1 if there are none).
     Discover(DiscoverArgs),
     /// Advertise, remove or inspect on a running node through its control socket.
     Ctl(CtlArgs),
+    /// Run N nodes on 127.0.0.1 as one network (N `rust-node run` processes, the first the
+    /// others' bootstrap node), print a line per node (name, listen address, id, control socket,
+    /// pid), and stop them all on SIGINT or SIGTERM.
+    Testnet(TestnetArgs),
 }
 
 #[derive(Args)]
@@ -97,6 +107,13 @@ struct RunArgs {
     /// and keeps trying to join, backing off up to a minute).
     #[arg(long)]
     require_bootstrap: bool,
+    /// Serve OpenMetrics at http://ADDR/metrics (port 0 picks one, printed on stdout after the
+    /// listening line). A loopback address only, unless --metrics-public.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+    /// Let --metrics bind an address other hosts can reach.
+    #[arg(long, requires = "metrics")]
+    metrics_public: bool,
 }
 
 #[derive(Args)]
@@ -124,6 +141,23 @@ struct CtlArgs {
     socket: PathBuf,
     #[command(subcommand)]
     action: CtlAction,
+}
+
+#[derive(Args)]
+struct TestnetArgs {
+    /// How many nodes.
+    #[arg(value_name = "N", value_parser = clap::value_parser!(u16).range(1..=MAX_PROCESS_NODES as i64))]
+    nodes: u16,
+    /// Every node's bucket size and replication width.
+    #[arg(long, value_name = "K")]
+    k: Option<usize>,
+    /// Node i listens on port P+i (default: ports of the system's choice).
+    #[arg(long, value_name = "P")]
+    base_port: Option<u16>,
+    /// Keep the nodes' identities (nI.key), control sockets (nI.sock) and logs (nI.log) here, and
+    /// keep the directory at exit (default: a temporary directory, removed at exit).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -190,6 +224,10 @@ enum Failure {
     Identity(#[from] IdentityError),
     #[error(transparent)]
     Ctl(#[from] CtlError),
+    #[error(transparent)]
+    Testnet(#[from] ProcessTestnetError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -205,9 +243,10 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Discover(args) => discover(args),
         Command::Ctl(args) => control(args),
+        Command::Testnet(args) => testnet(args),
     };
     result.unwrap_or_else(|e| {
         fail(&e.to_string());
@@ -250,7 +289,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
             ExitCode::SUCCESS
         }
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
-            fail("missing command: run, discover or ctl (see rust-node --help)");
+            fail("missing command: run, discover, ctl or testnet (see rust-node --help)");
             ExitCode::from(2)
         }
         _ => {
@@ -294,25 +333,52 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         None => RunOptions::default(),
     };
     let settings = flags.over(file).resolve()?;
+    let metrics = match &args.metrics {
+        Some(addr) => {
+            let exposure = if args.metrics_public {
+                Exposure::Public
+            } else {
+                Exposure::LoopbackOnly
+            };
+            let addr = resolve_addr(addr)?;
+            // Checked again when the server starts; here, before a node starts.
+            exposure.check(addr)?;
+            Some((addr, exposure))
+        }
+        None => None,
+    };
     init_logging(&settings.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run_node(settings))
+    runtime.block_on(run_node(settings, metrics))
 }
 
-async fn run_node(settings: RunSettings) -> Result<ExitCode, Failure> {
+async fn run_node(
+    settings: RunSettings,
+    metrics: Option<(SocketAddr, Exposure)>,
+) -> Result<ExitCode, Failure> {
     let identity = match &settings.identity {
         Some(path) => Identity::load_or_create(path)?,
         None => Identity::generate()?,
     };
     let node = Arc::new(Node::start(&identity, settings.listen, settings.node.clone()).await?);
-    let result = serve_until_signal(&node, &settings).await;
+    let metrics = metrics
+        .map(|(addr, exposure)| MetricsServer::start(addr, exposure, node.clone()))
+        .transpose();
+    let result = match metrics {
+        Ok(metrics) => serve_until_signal(&node, &settings, metrics.as_ref()).await,
+        Err(e) => Err(e.into()),
+    };
     node.shutdown().await;
     result
 }
 
-async fn serve_until_signal(node: &Arc<Node>, settings: &RunSettings) -> Result<ExitCode, Failure> {
+async fn serve_until_signal(
+    node: &Arc<Node>,
+    settings: &RunSettings,
+    metrics: Option<&MetricsServer>,
+) -> Result<ExitCode, Failure> {
     use tokio::signal::unix::{signal, SignalKind};
     // Installed first, so a signal during the bootstrap is not lost.
     let mut terminate = signal(SignalKind::terminate())?;
@@ -358,6 +424,14 @@ async fn serve_until_signal(node: &Arc<Node>, settings: &RunSettings) -> Result<
         node.local_addr(),
         id_hex(&node.id())
     );
+    if let Some(metrics) = metrics {
+        let _ = writeln!(
+            out,
+            "rust-node metrics on http://{}{}",
+            metrics.local_addr(),
+            macula_dht_node::metrics::PATH
+        );
+    }
     let _ = out.flush();
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM, shutting down"),
@@ -628,6 +702,111 @@ fn print_status(reply: CtlResponse, json: bool) -> Result<ExitCode, Failure> {
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long a testnet node may take to be ready, and to exit once told to stop.
+const TESTNET_READY: Duration = Duration::from_secs(20);
+const TESTNET_GRACE: Duration = Duration::from_secs(5);
+/// How often the testnet looks at its nodes and for a signal.
+const TESTNET_POLL: Duration = Duration::from_millis(100);
+
+fn testnet(args: TestnetArgs) -> Result<ExitCode, Failure> {
+    let (dir, temporary) = match args.dir {
+        Some(dir) => (dir, false),
+        None => (
+            std::env::temp_dir().join(format!("rust-node-testnet.{}", std::process::id())),
+            true,
+        ),
+    };
+    let config = ProcessTestnetConfig {
+        binary: std::env::current_exe()?,
+        nodes: usize::from(args.nodes),
+        k: args.k,
+        base_port: args.base_port,
+        dir: dir.clone(),
+        ready_timeout: TESTNET_READY,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_signals(stop.clone())?;
+    let result = run_testnet(&config, &stop);
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+/// Starts the nodes, prints them, reports any that exits, and stops them all once `stop` is set.
+fn run_testnet(config: &ProcessTestnetConfig, stop: &AtomicBool) -> Result<ExitCode, Failure> {
+    let mut net = match ProcessTestnet::start(config, stop) {
+        Ok(net) => net,
+        Err(ProcessTestnetError::Interrupted) => return Ok(ExitCode::SUCCESS),
+        Err(e) => return Err(e.into()),
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        for n in net.nodes() {
+            writeln!(
+                out,
+                "{} listening on {} id {} ctl {} pid {}",
+                n.name,
+                n.addr,
+                n.id,
+                n.ctl.display(),
+                n.pid
+            )?;
+        }
+        out.flush()?;
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "rust-node: testnet of {} nodes running, logs in {}; SIGINT or SIGTERM stops it",
+        net.nodes().len(),
+        config.dir.display()
+    );
+    while !stop.load(Ordering::Relaxed) {
+        for (name, status) in net.reap() {
+            fail(&format!("{name} exited ({status})"));
+        }
+        if net.running() == 0 {
+            return Err(Failure::Message("every node of the testnet exited".into()));
+        }
+        std::thread::sleep(TESTNET_POLL);
+    }
+    let killed = net.stop(TESTNET_GRACE);
+    if !killed.is_empty() {
+        fail(&format!(
+            "killed after {} s without exiting: {}",
+            TESTNET_GRACE.as_secs(),
+            killed.join(" ")
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sets `stop` on the first SIGINT or SIGTERM. The handlers are in place when this returns, so
+/// from then on neither signal ends the process before its nodes are stopped.
+fn watch_signals(stop: Arc<AtomicBool>) -> Result<(), Failure> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut terminate, mut interrupt) = {
+        let _entered = runtime.enter();
+        (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        )
+    };
+    std::thread::spawn(move || {
+        runtime.block_on(async {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        });
+        stop.store(true, Ordering::Relaxed);
+    });
+    Ok(())
 }
 
 /// Logs to stderr at `level` (already validated; anything else means `info`).

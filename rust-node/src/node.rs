@@ -9,7 +9,9 @@
 //! its commands); the provider store is shared with the host behind its own lock; the endpoint
 //! owns the sockets.
 
+mod activity;
 mod driver;
+mod logging;
 mod picking;
 
 use std::collections::BTreeMap;
@@ -29,6 +31,10 @@ use crate::shared_store::SharedStore;
 use crate::transport::{Endpoint, TransportConfig, TransportError};
 use driver::{Begun, Shared};
 
+pub use activity::{
+    ActivitySnapshot, Direction, HistogramSnapshot, LookupCounts, LookupOutcome, RequestCount,
+    RequestOutcome, LOOKUP_DURATION_BOUNDS_US, LOOKUP_HOPS_BOUNDS,
+};
 pub use macula_dht::select::{SelectConfig, Strategy, UnknownStrategy};
 pub use picking::{FailoverError, PickError, MAX_TRIES};
 
@@ -136,6 +142,15 @@ pub struct Status {
     pub keys: usize,
     /// Records in its store.
     pub records: usize,
+    /// Bytes of keys, records and seals in its store.
+    #[serde(default)]
+    pub store_bytes: usize,
+    /// QUIC connections peers opened to it, open now.
+    #[serde(default)]
+    pub inbound_connections: usize,
+    /// QUIC connections it opened to peers, pooled now (including ones being dialled).
+    #[serde(default)]
+    pub outbound_connections: usize,
     /// Tombstones of removed records it keeps.
     pub tombstones: usize,
     /// Services this node advertises (and republishes).
@@ -475,6 +490,12 @@ impl Node {
     /// A snapshot of the node's state and counters.
     pub fn status(&self) -> Status {
         self.shared.status()
+    }
+
+    /// The requests it answered and sent, and the lookups it ran, by how they ended (for
+    /// metrics; see [`ActivitySnapshot`]).
+    pub fn activity(&self) -> ActivitySnapshot {
+        self.shared.activity()
     }
 
     /// Stops the timer and closes the endpoint (connections closed, port released).

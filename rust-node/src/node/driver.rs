@@ -6,9 +6,13 @@
 //! lock is released. A request to send becomes a task on the runtime that reports its outcome
 //! back as another input; an event is logged and passed to the host; a command's outcome goes
 //! to the caller waiting for it. One timer task calls the engine when its next deadline comes.
+//! Requests and lookups are counted here as they end ([`Activity`]), and peers' failures and
+//! refusals logged (a warning per peer at most once a minute, see `logging`).
 
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -26,7 +30,10 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::{AbortHandle, JoinHandle};
+use tracing::Level;
 
+use super::activity::{Activity, ActivitySnapshot, Direction, RequestKind, RequestOutcome};
+use super::logging::{self, log_at, PeerWarnings};
 use super::{EventSink, NodeConfig, NodeError, Status};
 use crate::identity::id_hex;
 use crate::record::unix_now_us;
@@ -50,6 +57,10 @@ pub(super) struct Shared {
     /// those).
     requests: AtomicU64,
     bad_requests: AtomicU64,
+    /// Requests and lookups by how they ended, for metrics.
+    activity: Activity,
+    /// Which peers were warned about of late (taken only when a request failed or was refused).
+    warnings: Mutex<PeerWarnings>,
 }
 
 struct Engine {
@@ -131,6 +142,11 @@ impl Shared {
             runtime,
             requests: AtomicU64::new(0),
             bad_requests: AtomicU64::new(0),
+            activity: Activity::default(),
+            warnings: Mutex::new(PeerWarnings::new(
+                logging::WARN_INTERVAL,
+                logging::MAX_WARNED_PEERS,
+            )),
             config,
         });
         if shared.config.dht.serve {
@@ -251,6 +267,9 @@ impl Shared {
             suspects: dht.suspects,
             keys: store.keys,
             records: store.records,
+            store_bytes: store.bytes,
+            inbound_connections: self.endpoint.inbound_connections(),
+            outbound_connections: self.endpoint.pooled_connections(),
             tombstones: dht.tombstones,
             adverts: dht.adverts,
             requests: self.requests.load(Ordering::Relaxed),
@@ -275,6 +294,11 @@ impl Shared {
         }
     }
 
+    /// Requests and lookups so far, by how they ended.
+    pub(super) fn activity(&self) -> ActivitySnapshot {
+        self.activity.snapshot()
+    }
+
     /// The reply frame to one request frame from `peer`.
     fn answer(self: &Arc<Self>, peer: Peer, frame: &[u8]) -> Vec<u8> {
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -282,20 +306,94 @@ impl Shared {
             Ok(request) => request,
             Err(e) => {
                 self.bad_requests.fetch_add(1, Ordering::Relaxed);
-                if let WireError::UnsupportedVersion(v) = e {
+                if let WireError::UnsupportedVersion(_) = e {
                     self.engine.lock().dht.refused_version();
-                    tracing::debug!(peer = %id_hex(&peer.id), version = v, "request of another protocol version refused");
                 }
-                tracing::debug!(peer = %id_hex(&peer.id), addr = %peer.addr, error = %e, "bad request");
+                let reason = e.reason();
+                self.activity.bad_request(reason);
+                let outcome = RequestOutcome::Refused(reason);
+                self.peer_trouble(
+                    peer.addr,
+                    Some(&peer.id),
+                    Direction::Inbound,
+                    None,
+                    outcome,
+                    &e,
+                );
                 return Response::from(&e).encode();
             }
         };
+        let kind = RequestKind::of(&request);
         let from = NodeInfo {
             id: peer.id,
             addr: peer.addr,
         };
-        self.run(|engine, store, now| engine.dht.handle_request(store, from, request, now))
-            .encode()
+        let response =
+            self.run(|engine, store, now| engine.dht.handle_request(store, from, request, now));
+        let outcome = match response {
+            Response::Error { reason } => RequestOutcome::Refused(reason),
+            _ => RequestOutcome::Ok,
+        };
+        self.activity.request(Direction::Inbound, kind, outcome);
+        if let RequestOutcome::Refused(reason) = outcome {
+            let detail = reason.name();
+            self.peer_trouble(
+                peer.addr,
+                Some(&peer.id),
+                Direction::Inbound,
+                Some(kind),
+                outcome,
+                &detail,
+            );
+        }
+        response.encode()
+    }
+
+    /// Logs a request that failed or was refused, this node's to `addr` or the peer's to this
+    /// node. Refusals that point at the peer and failures are warnings, at most one per peer
+    /// per interval (with the number held back since); the rest, and the warnings held back, go
+    /// to DEBUG. So do failures of requests to an address whose node is not known yet (a
+    /// bootstrap contact): the join's outcome says what became of them.
+    fn peer_trouble(
+        &self,
+        addr: SocketAddr,
+        id: Option<&NodeId>,
+        direction: Direction,
+        kind: Option<RequestKind>,
+        outcome: RequestOutcome,
+        detail: &dyn Display,
+    ) {
+        let level = match outcome {
+            RequestOutcome::Refused(reason) => logging::refusal_level(reason),
+            _ if id.is_none() => Level::DEBUG,
+            _ => Level::WARN,
+        };
+        let held_back = if level == Level::WARN {
+            self.warnings.lock().admit(addr, self.store.now())
+        } else {
+            None
+        };
+        let level = if held_back.is_some() {
+            Level::WARN
+        } else {
+            Level::DEBUG
+        };
+        let peer = id.map_or_else(|| "unknown".to_string(), id_hex);
+        let request = kind.map_or("undecodable", RequestKind::name);
+        let what = match direction {
+            Direction::Inbound => "refused a peer's request",
+            Direction::Outbound => "request to a peer failed",
+        };
+        log_at!(
+            level,
+            %peer,
+            %addr,
+            request,
+            outcome = outcome.name(),
+            error = %detail,
+            held_back = held_back.unwrap_or(0),
+            "{what}"
+        );
     }
 
     fn carry_out(&self, todo: ToDo) {
@@ -314,16 +412,45 @@ impl Shared {
         let shared = self.clone();
         let task = self.runtime.spawn(async move {
             let frame = out.request.encode();
+            let kind = RequestKind::of(&out.request);
             let sent = shared
                 .endpoint
                 .request_within(out.addr, out.to, frame, out.timeout);
-            let reply = match sent.await {
-                Ok((from, bytes)) => Reply::Answered {
-                    from,
-                    response: Response::decode(&bytes),
-                },
-                Err(e) => Reply::Failed(failure(&e)),
+            let (reply, outcome) = match sent.await {
+                Ok((from, bytes)) => {
+                    let response = Response::decode(&bytes);
+                    let outcome = match &response {
+                        Ok(Response::Error { reason }) => RequestOutcome::Refused(*reason),
+                        Ok(response) if response.answers(&out.request) => RequestOutcome::Ok,
+                        _ => RequestOutcome::BadReply,
+                    };
+                    (Reply::Answered { from, response }, outcome)
+                }
+                Err(e) => {
+                    let failure = failure(&e);
+                    let outcome = match failure.kind {
+                        _ if matches!(e, TransportError::Closed) => RequestOutcome::Closed,
+                        FailureKind::Timeout => RequestOutcome::Timeout,
+                        FailureKind::Unreachable => RequestOutcome::Unreachable,
+                        FailureKind::WrongPeer => RequestOutcome::WrongPeer,
+                        FailureKind::Refused => RequestOutcome::Failed,
+                    };
+                    (Reply::Failed(failure), outcome)
+                }
             };
+            shared.activity.request(Direction::Outbound, kind, outcome);
+            // A node that is closing says nothing about its peers.
+            if !matches!(outcome, RequestOutcome::Ok | RequestOutcome::Closed) {
+                let detail = reply_detail(&reply, outcome);
+                shared.peer_trouble(
+                    out.addr,
+                    out.to.as_ref(),
+                    Direction::Outbound,
+                    Some(kind),
+                    outcome,
+                    &detail,
+                );
+            }
             shared.run(|engine, store, now| {
                 engine.requests.remove(&out.rpc);
                 engine.dht.handle_reply(store, out.rpc, reply, now)
@@ -332,49 +459,73 @@ impl Shared {
         task.abort_handle()
     }
 
-    /// Logs an event as an operator would want it, then passes it to the host.
+    /// Counts and logs an event as an operator would want it (see `logging`), then passes it
+    /// to the host.
     fn emit(&self, event: Event) {
+        let level = logging::event_level(&event);
         match &event {
             Event::PeerUp(peer) => {
-                tracing::debug!(peer = %id_hex(&peer.id), addr = %peer.addr, "peer added")
+                log_at!(level, peer = %id_hex(&peer.id), addr = %peer.addr, "peer added")
             }
             Event::PeerDown(peer) => {
-                tracing::debug!(peer = %id_hex(&peer.id), addr = %peer.addr, "peer removed from the table")
+                log_at!(level, peer = %id_hex(&peer.id), addr = %peer.addr, "peer lost: removed from the routing table")
             }
             Event::Published {
-                service, outcome, ..
-            } => tracing::info!(
+                service,
+                outcome,
+                republish,
+            } => log_at!(
+                level,
                 service,
                 acked = outcome.acked,
                 targets = outcome.targets,
-                "published"
+                "{}",
+                if *republish {
+                    "republished"
+                } else {
+                    "published"
+                }
             ),
-            Event::Withdrawn { service, outcome } => tracing::info!(
+            Event::Withdrawn { service, outcome } => log_at!(
+                level,
                 service,
                 acked = outcome.acked,
                 targets = outcome.targets,
                 "withdrawn"
             ),
-            Event::Joined { peers } => tracing::info!(peers, "bootstrapped"),
+            Event::Joined { peers } => log_at!(level, peers, "bootstrapped"),
             Event::Trouble(Trouble::RepublishFailed { service, error }) => {
-                tracing::warn!(service, %error, "republish failed")
+                log_at!(level, service, %error, "republish failed")
             }
             Event::Trouble(Trouble::RejoinFailed {
                 detail,
                 retry_in,
                 peers: 0,
             }) => {
-                tracing::warn!(error = %detail, ?retry_in, "no bootstrap node answered; not joined yet, retrying")
+                log_at!(level, error = %detail, ?retry_in, "no bootstrap node answered; not joined yet, retrying")
             }
             Event::Trouble(Trouble::RejoinFailed {
                 detail, retry_in, ..
             }) => {
-                tracing::debug!(error = %detail, ?retry_in, "re-join failed")
+                log_at!(level, error = %detail, ?retry_in, "re-join failed")
             }
             Event::Trouble(Trouble::HandOffStopped { peer, detail }) => {
-                tracing::debug!(peer = %id_hex(&peer.id), error = %detail, "hand-off stopped")
+                log_at!(level, peer = %id_hex(&peer.id), error = %detail, "hand-off stopped")
             }
-            Event::Lookup(_) => {}
+            Event::Lookup(summary) => {
+                self.activity.lookup(summary);
+                log_at!(
+                    level,
+                    kind = summary.kind.name(),
+                    providers = summary.providers,
+                    queried = summary.queried,
+                    answered = summary.answered,
+                    hops = summary.hops,
+                    elapsed_us = u64::try_from(summary.elapsed.as_micros()).unwrap_or(u64::MAX),
+                    timed_out = summary.timed_out,
+                    "lookup ended"
+                )
+            }
         }
         if let Some(sink) = &self.events {
             sink(event);
@@ -419,6 +570,23 @@ async fn timer_loop(node: Weak<Shared>, timer: Arc<Timer>, clock: Arc<SharedStor
             return;
         };
         shared.run(|engine, store, now| engine.dht.handle_timeout(store, now));
+    }
+}
+
+/// What went wrong with a request that did not end well, for its log line.
+fn reply_detail(reply: &Reply, outcome: RequestOutcome) -> String {
+    match reply {
+        Reply::Failed(failure) => failure.detail.clone(),
+        Reply::Answered {
+            response: Err(e), ..
+        } => format!("reply did not decode: {e}"),
+        Reply::Answered {
+            response: Ok(response),
+            ..
+        } => match outcome {
+            RequestOutcome::BadReply => format!("reply of type {}", response.type_name()),
+            _ => outcome.name().to_string(),
+        },
     }
 }
 
