@@ -10,7 +10,8 @@
          table_add/2, table_remove/2, table_closest/3, table_size/1, table_buckets/1,
          stats/1, sha256/1, settings/0,
          identity/1, net_check/1, net_start/3, net_events/2, net_find_value/4, net_store/3,
-         net_address/1, net_peers/1, net_rtt/2, net_pick/4, net_report_failure/3]).
+         net_address/1, net_peers/1, net_rtt/2, net_pick/4, net_report_failure/3,
+         log_forward/2, log_stop/1]).
 
 -on_load(load/0).
 
@@ -259,3 +260,16 @@ net_pick(_Node, _Key, _Strategy, _Tag) -> ?NIF_STUB.
           {ok, non_neg_integer()}
         | {error, {invalid_key, not_a_binary} | {invalid_node_id, term()} | not_networked}.
 net_report_failure(_Node, _Key, _NodeId) -> ?NIF_STUB.
+
+%% @doc Sends the runtime's log lines at `Level' or more severe to `Pid' (which replaces any
+%% process registered before) as `{macula_dht_log, RustLevel, Target, Message, [{Key, Value}]}',
+%% and `{macula_dht_log_dropped, Count}' when its bounded queue overflowed (`native/src/log.rs',
+%% `macula_dht_log'). `none' forwards nothing. `{error, {log, Why}}' when another `tracing'
+%% subscriber holds the VM.
+-spec log_forward(pid(), macula_dht_log:rust_level() | none) ->
+          ok | {error, {invalid_level, term()} | {log, binary()}}.
+log_forward(_Pid, _Level) -> ?NIF_STUB.
+
+%% @doc Stops sending log lines to `Pid', if it is the process registered.
+-spec log_stop(pid()) -> ok.
+log_stop(_Pid) -> ?NIF_STUB.

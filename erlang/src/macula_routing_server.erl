@@ -14,6 +14,9 @@
 %% (in the caller's process, never in this server, and always within `lookup_timeout_ms'), and
 %% `delete_local/3' of a provider this node published removes it everywhere. The node id is then the one bound to the identity
 %% key. Processes may `subscribe/2' to peer and lookup events.
+%%
+%% When the `telemetry' library is loaded at start, stores, network lookups, peers coming and
+%% going and refused peer requests are also `telemetry' events (`macula_dht_telemetry').
 -module(macula_routing_server).
 -behaviour(gen_server).
 
@@ -83,11 +86,15 @@
                %% in network mode: how long a network lookup may take; else `undefined'
                lookup_timeout :: pos_integer() | undefined,
                %% in network mode: when a lookup that got no answer was last logged (ms)
-               no_answer_logged :: atomics:atomics_ref() | undefined}).
+               no_answer_logged :: atomics:atomics_ref() | undefined,
+               %% the `telemetry' module, looked for once at start (`macula_dht_telemetry')
+               telemetry = none :: macula_dht_telemetry:telemetry()}).
 -record(state, {node :: #node{},
                 config :: macula_routing_config:config(),
                 %% Pid => {Monitor, [event_kind()]}
-                subscribers = #{} :: #{pid() => {reference(), [event_kind()]}}}).
+                subscribers = #{} :: #{pid() => {reference(), [event_kind()]}},
+                %% the refusal counters last reported to telemetry
+                refused = #{} :: macula_dht_telemetry:refusal_counts()}).
 
 %% Processes subscribed to events at once.
 -define(MAX_SUBSCRIBERS, 1024).
@@ -303,12 +310,15 @@ execute({publishers, Key}, #node{handle = H}) ->
         Pairs when is_list(Pairs) -> {ok, Pairs};
         Other -> Other
     end;
-execute({store_local, Key, Provider}, #node{handle = H}) ->
-    macula_dht_nif:store_put(H, Key, Provider);
-execute({store, Key, Provider}, #node{handle = H, lookup_timeout = undefined}) ->
-    macula_dht_nif:store_put(H, Key, Provider);
-execute({store, Key, Provider}, #node{handle = H}) ->
-    macula_dht_nif:net_store(H, Key, Provider);
+execute({store_local, Key, Provider}, #node{handle = H, telemetry = T}) ->
+    macula_dht_telemetry:store(T, local, Key,
+                               fun() -> macula_dht_nif:store_put(H, Key, Provider) end);
+execute({store, Key, Provider}, #node{handle = H, lookup_timeout = undefined, telemetry = T}) ->
+    macula_dht_telemetry:store(T, local, Key,
+                               fun() -> macula_dht_nif:store_put(H, Key, Provider) end);
+execute({store, Key, Provider}, #node{handle = H, telemetry = T}) ->
+    macula_dht_telemetry:store(T, replicated, Key,
+                               fun() -> macula_dht_nif:net_store(H, Key, Provider) end);
 execute({delete_local, Key, NodeId}, #node{handle = H}) ->
     macula_dht_nif:store_delete(H, Key, NodeId);
 execute({find_value, Key, _K}, #node{handle = H, lookup_timeout = undefined}) ->
@@ -436,14 +446,18 @@ dispatch_ops(#node{k = K} = Node) ->
 -spec init({binary(), macula_routing_config:config(), macula_dht_nif:identity_key() | undefined}) ->
           {ok, #state{}} | {stop, term()}.
 init({LocalNodeId, Config, IdentityKey}) ->
+    %% In network mode the runtime's log lines go to logger through `macula_dht_log' (one per
+    %% VM, stopping with this server); a failure there is logged by it, and not fatal.
+    _ = IdentityKey =:= undefined orelse macula_dht_log:ensure_started(),
     %% The handle is monitored by the NIF: it closes when this process dies, however it dies.
     Handle = macula_dht_nif:new(LocalNodeId, Config),
-    Node = #node{pid = self(), handle = Handle, local_id = LocalNodeId, k = maps:get(k, Config)},
+    Node = #node{pid = self(), handle = Handle, local_id = LocalNodeId, k = maps:get(k, Config),
+                 telemetry = macula_dht_telemetry:detect()},
     case join(Node, IdentityKey, Config) of
         {ok, Joined} ->
             persistent_term:put(?SLOT, Joined),
             schedule_expiry(Config),
-            {ok, #state{node = Joined, config = Config}};
+            {ok, events_on(#state{node = Joined, config = Config})};
         {error, Reason} ->
             macula_dht_nif:close(Handle),
             {stop, Reason}
@@ -497,14 +511,15 @@ handle_cast(_Unknown, State) ->
 handle_info(expire, #state{node = #node{handle = H}, config = Config} = State) ->
     _ = macula_dht_nif:store_expire(H),
     schedule_expiry(Config),
-    {noreply, State};
+    {noreply, report_refusals(State)};
 handle_info({macula_dht_net, {bootstrap, Result}}, State) ->
     case Result of
         {ok, Peers} -> logger:info("macula_dht: joined the network, ~b peers", [Peers]);
         {error, Why} -> logger:warning("macula_dht: bootstrap failed (retried on refresh): ~ts", [Why])
     end,
     {noreply, State};
-handle_info({macula_dht_net, Event}, #state{subscribers = Subscribers} = State) ->
+handle_info({macula_dht_net, Event}, #state{node = Node, subscribers = Subscribers} = State) ->
+    macula_dht_telemetry:net_event(Node#node.telemetry, Event),
     Kind = event_kind(Event),
     _ = [Pid ! {macula_dht_event, Event}
          || {Pid, {_, Kinds}} <- maps:to_list(Subscribers), lists:member(Kind, Kinds)],
@@ -559,8 +574,18 @@ unsubscribe(Pid, #state{subscribers = Subscribers} = State) ->
             State
     end.
 
-%% The NIF sends events only while someone listens.
+%% The NIF sends events only while someone listens: a subscriber, or telemetry.
 -spec events_on(#state{}) -> #state{}.
-events_on(#state{node = #node{handle = H}, subscribers = Subscribers} = State) ->
-    macula_dht_nif:net_events(H, map_size(Subscribers) > 0),
+events_on(#state{node = #node{handle = H, telemetry = T}, subscribers = Subscribers} = State) ->
+    macula_dht_nif:net_events(H, map_size(Subscribers) > 0 orelse T =/= none),
     State.
+
+%% Peers' requests this node refused are only counted (in the NIF): telemetry hears of them
+%% from the counters, on each expiry tick, in network mode.
+-spec report_refusals(#state{}) -> #state{}.
+report_refusals(#state{node = #node{telemetry = none}} = State) ->
+    State;
+report_refusals(#state{node = #node{lookup_timeout = undefined}} = State) ->
+    State;
+report_refusals(#state{node = #node{handle = H, telemetry = T}, refused = Seen} = State) ->
+    State#state{refused = macula_dht_telemetry:refusals(T, macula_dht_nif:stats(H), Seen)}.

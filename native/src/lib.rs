@@ -6,6 +6,7 @@
 //! `{error, Reason}`; a panic is turned into an Erlang exception by rustler.
 
 mod alloc;
+mod log;
 mod net;
 mod node;
 mod read_cache;
@@ -393,6 +394,32 @@ fn settings(env: Env<'_>) -> Term<'_> {
             (atoms::max_bootstrap(), settings::MAX_BOOTSTRAP.encode(env)),
         ],
     )
+}
+
+/// Sends the runtime's log events at `Level` or more severe (`error`, `warn`, `info`, `debug` or
+/// `trace`; `none` for none) to `Pid` as messages, in place of any process registered before (see
+/// `log.rs`): `ok`, `{error, {invalid_level, Level}}`, or `{error, {log, Why}}` when forwarding
+/// cannot be set up in this VM.
+#[rustler::nif]
+fn log_forward<'a>(env: Env<'a>, pid: LocalPid, level: Term<'a>) -> Term<'a> {
+    let invalid = || reply::error(env, (log::log_atoms::invalid_level(), level));
+    let Ok(atom) = level.decode::<rustler::Atom>() else {
+        return invalid();
+    };
+    let Some(level) = log::level(atom) else {
+        return invalid();
+    };
+    match log::forward(pid, level) {
+        Ok(()) => atoms::ok().encode(env),
+        Err(e) => reply::error(env, (log::log_atoms::log(), e.to_string())),
+    }
+}
+
+/// Stops sending log events to `Pid`, if it is the process registered.
+#[rustler::nif]
+fn log_stop(pid: LocalPid) -> rustler::Atom {
+    log::stop(pid);
+    atoms::ok()
 }
 
 #[rustler::nif]
