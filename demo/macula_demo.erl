@@ -10,8 +10,6 @@
 -export([main/1]).
 
 -define(SERVICE, <<"test.calculator">>).
-%% The first node is the bootstrap node of the others.
--define(NODES, [{beam, "beam-1"}, {rust, "rust-1"}, {beam, "beam-2"}, {rust, "rust-2"}]).
 -define(LONG_TTL, 300).
 -define(SHORT_TTL, 2).
 %% Bounds of the polls that wait for the cluster to converge, in milliseconds.
@@ -30,13 +28,17 @@
 -spec main([string()]) -> no_return().
 main([RustNode, Dir]) ->
     T0 = now_ms(),
-    Env = #{dir => Dir, bootstrap => [], rust_node => RustNode},
-    {Nodes, Started} = start_nodes(?NODES, Env, []),
-    header(Nodes),
-    Verdicts = case Started of
-                   ok -> [step(Title, Check) || {Title, Check} <- steps(Nodes)];
-                   {error, Why} -> [report("start", {fail, Why})]
-               end ++ [step("stop", fun() -> stop(Nodes, Dir) end)],
+    Verdicts = case macula_demo_node:start_cluster(RustNode, Dir) of
+                   {ok, Cluster, Nodes} ->
+                       header(Nodes),
+                       Played = [step(Title, Check) || {Title, Check} <- steps(Nodes)],
+                       Played ++ [step("stop", fun() -> stop(Cluster, Nodes, Dir) end)];
+                   {error, Why} ->
+                       %% Whatever had started is stopped already.
+                       header([]),
+                       [report("start", {fail, fmt("~p", [Why])}),
+                        step("stop", fun() -> stop(none, [], Dir) end)]
+               end,
     Failed = length([fail || fail <- Verdicts]),
     Took = seconds(now_ms() - T0),
     case Failed of
@@ -141,32 +143,23 @@ expire(Provider, Stay, Nodes) ->
 %% Cluster
 %%====================================================================
 
-%% Starts the nodes in order, each joining through the first; stops at the first that fails.
--spec start_nodes([{beam | rust, string()}], macula_demo_node:env(), [node_()]) ->
-          {[node_()], ok | {error, string()}}.
-start_nodes([], _Env, Started) ->
-    {lists:reverse(Started), ok};
-start_nodes([{Kind, Name} | Rest], Env, Started) ->
-    try macula_demo_node:start(Kind, Name, Env) of
-        Node ->
-            #{addr := SeedAddr} = lists:last([Node | Started]),
-            start_nodes(Rest, Env#{bootstrap := [SeedAddr]}, [Node | Started])
-    catch
-        Class:Reason ->
-            {lists:reverse(Started), {error, fmt("~s: ~p:~p", [Name, Class, Reason])}}
-    end.
-
--spec stop([node_()], file:filename()) -> {verdict(), facts()}.
-stop(Nodes, Dir) ->
-    Errors = [{name(N), E} || N <- lists:reverse(Nodes),
-                              {error, _} = E <- [macula_demo_node:stop(N)]],
+%% Stops the nodes (the newest first) and removes the directory.
+-spec stop(macula_dht_local:cluster() | none, [node_()], file:filename()) ->
+          {verdict(), facts()}.
+stop(Cluster, Nodes, Dir) ->
+    Stopped = case Cluster of
+                  none -> ok;
+                  _ -> macula_dht_local:stop(Cluster)
+              end,
     Removed = file:del_dir_r(Dir),
-    case {Errors, Removed} of
-        {[], ok} ->
+    case {Stopped, Removed, Nodes} of
+        {ok, ok, []} ->
+            {pass, "no node left running, temp dir removed"};
+        {ok, ok, _} ->
             {pass, fmt("~s stopped (BEAM VMs by peer:stop, Rust nodes by SIGTERM: exit 0), "
                        "temp dir removed", [list(names(Nodes))])};
         _ ->
-            {fail, fmt("~p, temp dir: ~p", [Errors, Removed])}
+            {fail, fmt("~p, temp dir: ~p", [Stopped, Removed])}
     end.
 
 %% Polls until each of `Observers' finds exactly `Providers'; the detail lists those that do not.
@@ -216,12 +209,12 @@ poll(Check, T0, Deadline) ->
 %% Report
 %%====================================================================
 
+%% The title, and a line per node started (the first is the others' bootstrap node).
 -spec header([node_()]) -> ok.
 header(Nodes) ->
     io:format("macula_dht demo: ~s on one DHT of 2 BEAM VMs and 2 Rust nodes~n~n", [?SERVICE]),
-    Seed = hd(Nodes),
     [io:format("  ~-7s ~-5s id ~s  ~-16s ~s~n",
-               [name(N), Kind, short_id(Id), Addr, role(N, Seed)])
+               [name(N), Kind, short_id(Id), Addr, role(N, hd(Nodes))])
      || #{kind := Kind, id := Id, addr := Addr} = N <- Nodes],
     io:format("~n").
 
