@@ -8,7 +8,7 @@ BENCH_DIR := $(CURDIR)/target/bench
 TEST_FUZZ_SECONDS ?= 60
 FUZZ_SECONDS ?= 600
 
-.PHONY: all deps build test test-rust test-erlang test-fuzz demo bench bench-engine bench-erlang bench-cluster bench-scale fuzz clean
+.PHONY: all deps build test test-rust test-erlang test-elixir test-fuzz demo bench bench-engine bench-erlang bench-cluster bench-scale fuzz clean
 
 all: build
 
@@ -18,7 +18,7 @@ deps:
 build: deps
 	$(REBAR) compile
 
-test: deps test-rust test-fuzz test-erlang
+test: deps test-rust test-fuzz test-erlang test-elixir
 
 test-rust:
 	cargo test --workspace
@@ -32,6 +32,16 @@ test-erlang: deps
 	$(REBAR) eunit
 	cd $(ERLANG_DIR) && MACULA_RUST_NODE=$(CURDIR)/target/release/rust-node \
 		MACULA_HOSTILE_PEER=$(CURDIR)/target/release/examples/hostile_peer rebar3 ct
+
+# The Elixir example (examples/elixir): a round trip between the Elixir VM and a rust-node. mix
+# builds the application with Debian's rebar3, offline (see its mix.exs). Skipped without Elixir.
+test-elixir: deps
+	@if command -v mix >/dev/null 2>&1; then \
+		cargo build --release -p macula_dht_node --bins && \
+		cd examples/elixir && MACULA_RUST_NODE=$(CURDIR)/target/release/rust-node mix test; \
+	else \
+		echo "test-elixir: skipped, mix not found (scripts/install-deps.sh installs Elixir)"; \
+	fi
 
 test-fuzz:
 	./scripts/fuzz.sh $(TEST_FUZZ_SECONDS)
@@ -62,4 +72,4 @@ bench-erlang: build
 
 clean:
 	cargo clean
-	rm -rf $(ERLANG_DIR)/_build $(ERLANG_DIR)/priv
+	rm -rf $(ERLANG_DIR)/_build $(ERLANG_DIR)/priv examples/elixir/_build

@@ -1,6 +1,7 @@
 #!/bin/sh
-# Installs what the build needs and a fresh machine of this kind lacks: Erlang/OTP, Dialyzer and
-# rebar3, from Debian's packages. Rust (cargo) is expected to be there already.
+# Installs what the build needs and a fresh machine of this kind lacks: Erlang/OTP, Dialyzer,
+# rebar3 and Elixir (for the example in examples/elixir), from Debian's packages. Rust (cargo) is
+# expected to be there already.
 set -eu
 missing=""
 command -v erl >/dev/null 2>&1 || missing="$missing erlang-nox erlang-dev erlang-common-test"
@@ -8,6 +9,8 @@ command -v erl >/dev/null 2>&1 || missing="$missing erlang-nox erlang-dev erlang
 # Erlang with a rebar3 from elsewhere may lack it.
 command -v dialyzer >/dev/null 2>&1 || missing="$missing erlang-dialyzer"
 command -v rebar3 >/dev/null 2>&1 || missing="$missing rebar3"
+# `make test' runs the Elixir example (mix); Debian's elixir package brings both commands.
+{ command -v elixir && command -v mix; } >/dev/null 2>&1 || missing="$missing elixir"
 [ -n "$missing" ] || exit 0
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust first" >&2; exit 1; }
 sudo=""

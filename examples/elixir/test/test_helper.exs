@@ -1,0 +1,3 @@
+# The nodes' info lines (listening, joined) would interleave with the test report.
+Logger.configure(level: :warning)
+ExUnit.start()
