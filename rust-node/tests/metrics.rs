@@ -78,18 +78,22 @@ fn raw_client() -> Endpoint {
     .unwrap()
 }
 
+/// A node on a free loopback port, in no network yet.
+async fn lone_node() -> Arc<Node> {
+    let node = Node::start(
+        &Identity::generate().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        fast_config(),
+    )
+    .await
+    .unwrap();
+    Arc::new(node)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrape_counts_the_lookups_and_requests_of_a_node() {
     let net = Testnet::start(4, fast_config()).await.unwrap();
-    let node = Arc::new(
-        Node::start(
-            &Identity::generate().unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-            fast_config(),
-        )
-        .await
-        .unwrap(),
-    );
+    let node = lone_node().await;
     node.bootstrap(&[net.bootstrap_addr()]).await.unwrap();
     let server = MetricsServer::start(
         "127.0.0.1:0".parse().unwrap(),
@@ -241,15 +245,7 @@ async fn a_scrape_counts_the_lookups_and_requests_of_a_node() {
 
 #[tokio::test]
 async fn a_non_loopback_address_needs_public_exposure() {
-    let node = Arc::new(
-        Node::start(
-            &Identity::generate().unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-            fast_config(),
-        )
-        .await
-        .unwrap(),
-    );
+    let node = lone_node().await;
     let public: SocketAddr = "0.0.0.0:9100".parse().unwrap();
     match MetricsServer::start(public, Exposure::LoopbackOnly, node.clone()) {
         Err(MetricsError::NotLoopback(addr)) => assert_eq!(addr, public),
