@@ -316,6 +316,48 @@ fn lookups_drop_dead_peers_from_the_table_and_then_find_the_live_closest() {
 }
 
 #[test]
+fn nodes_that_all_join_through_one_learn_the_far_parts_of_the_network() {
+    let mut config = config(8);
+    // No periodic refresh in this test: what a node knows, it learnt joining or being asked.
+    config.dht.refresh_interval = Duration::from_secs(3600);
+    let mut net = Network::new(config);
+    let first = net.add_node();
+    let mut nodes = vec![first];
+    for _ in 1..300 {
+        let i = net.add_node();
+        net.join(i, &[first]);
+        net.run_for(Duration::from_millis(100));
+        nodes.push(i);
+    }
+    net.run_for(30 * SECOND);
+    // Every node knows someone in each half of the network, and in each quarter: from any of
+    // them, a lookup of any id ends at the closest node.
+    for &i in &nodes {
+        let own = net.node(i).id();
+        let used: Vec<u32> = net
+            .node(i)
+            .dht
+            .peers()
+            .iter()
+            .map(|p| own.bucket_index(&p.id))
+            .collect();
+        assert!(
+            used.contains(&0) && used.contains(&1),
+            "node {i} knows buckets {used:?}"
+        );
+    }
+    for (n, &i) in nodes.iter().enumerate().step_by(10) {
+        let target = net.node(nodes[(n * 7 + 3) % nodes.len()]).id();
+        let nearest = without(net.closest_alive(&target.0, 2), i)[0];
+        assert_eq!(
+            find_node(&mut net, i, target).first(),
+            Some(&nearest),
+            "from {i}"
+        );
+    }
+}
+
+#[test]
 fn a_silent_peer_holds_a_lookup_only_as_long_as_it_takes_to_answer() {
     let mut config = config(3);
     config.dht.request_timeout = Duration::from_secs(30);

@@ -733,6 +733,7 @@ impl<S: StoreAccess> Cx<'_, S> {
                 let peers = self.dht.peers.len();
                 let rejoin = matches!(state.then, AfterLookup::Rejoin);
                 self.after_join(rejoin, Some(report.answered));
+                self.fill_far_buckets();
                 self.emit(Event::Joined { peers });
                 if reply {
                     self.done(op, Outcome::Joined(Ok(peers)));

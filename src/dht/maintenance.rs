@@ -24,6 +24,9 @@ use crate::{Failure, FailureKind, NodeId};
 /// The first wait before re-joining a table that holds fewer than `k` nodes; it doubles after
 /// each re-join that leaves it so, up to `refresh_interval`.
 const FIRST_REJOIN: Duration = Duration::from_secs(1);
+/// Empty far buckets a join fills at most (each is one lookup): those farther than about
+/// log2(network size) are rarely empty, nearer ones may be empty for want of nodes.
+const MAX_FAR_FILLS: usize = 8;
 
 /// When housekeeping, refresh and re-joins run next.
 #[derive(Debug)]
@@ -167,6 +170,36 @@ impl<S: StoreAccess> Cx<'_, S> {
                 self.dht.health.probing(id, until);
             }
         }
+    }
+
+    /// As a join ends: looks up a random id in each empty bucket farther than the nearest one
+    /// used (at most [`MAX_FAR_FILLS`], farthest first). A joining node learns of the nodes near
+    /// itself from its own lookup, but of a far part of the network only once someone there
+    /// contacts it; until then no lookup through it reaches that part. (Kademlia's join refreshes
+    /// every bucket farther than the closest neighbour; those already holding a node are left to
+    /// the periodic refresh.)
+    pub(super) fn fill_far_buckets(&mut self) {
+        if self.dht.timers.refreshing {
+            return;
+        }
+        let own = self.dht.id;
+        let mut targets: Vec<NodeId> = self
+            .dht
+            .peers
+            .empty_far_buckets(MAX_FAR_FILLS)
+            .into_iter()
+            .rev()
+            .map(|index| self.dht.rng.id_in_bucket(&own, index as usize))
+            .collect();
+        // Taken from the end: the farthest bucket first.
+        let Some(first) = targets.pop() else {
+            return;
+        };
+        self.dht.timers.refreshing = true;
+        let op = self.dht.ops.next_op();
+        let then = AfterLookup::Refresh { rest: targets };
+        let request = Request::FindNode { target: first };
+        self.lookup(op, first, request, None, then, false);
     }
 
     /// Pings the bootstrap nodes, then looks up the node's own id.

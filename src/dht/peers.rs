@@ -139,6 +139,18 @@ impl Peers {
         self.table.is_empty()
     }
 
+    /// Indices of the empty buckets farther than the nearest non-empty one, farthest first, at
+    /// most `max`.
+    pub(crate) fn empty_far_buckets(&self, max: usize) -> Vec<u32> {
+        // `buckets` yields the non-empty ones by ascending index.
+        let used: Vec<u32> = self.table.buckets().map(|(index, _)| index).collect();
+        let nearest = used.last().copied().unwrap_or(0);
+        (0..nearest)
+            .filter(|index| !used.contains(index))
+            .take(max)
+            .collect()
+    }
+
     /// Index of the nearest non-empty bucket (0 when the table is empty).
     pub(crate) fn nearest_bucket(&self) -> u32 {
         self.table
