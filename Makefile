@@ -62,9 +62,11 @@ bench-cluster:
 	cargo bench -p macula_dht_node --bench cluster
 
 # The simulator at 1 k, 10 k and 100 k nodes: target/bench/scale.json and the plots of
-# docs/scale.md (target/bench/scale_*.svg).
+# docs/scale.md (target/bench/scale_*.svg); then a real testnet of 1 000 nodes in one process
+# (target/bench/testnet.json).
 bench-scale:
 	cargo bench -p macula_dht_sim --bench scale
+	cargo bench -p macula_dht_node --bench testnet
 
 bench-erlang: build
 	@mkdir -p $(BENCH_DIR)

@@ -30,7 +30,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,7 +41,10 @@ use macula_dht_node::record::Advertisement;
 use macula_dht_node::{service_key, Endpoint, Identity, LookupReport, Node, NodeConfig, Testnet};
 
 mod support;
-use support::{client_endpoint, current_thread, echo, percentile, udp_round_trips, ServerThread};
+use support::{
+    client_endpoint, current_thread, echo, percentile, udp_round_trips, write_rows, Row,
+    ServerThread,
+};
 
 /// Sequential one-hop requests timed, of each kind.
 const SEQUENTIAL: usize = 20_000;
@@ -72,12 +74,6 @@ const STORES_PER_CALLER: usize = 400;
 const VERIFICATIONS: usize = 10_000;
 /// Seals a lookup node remembers (`DhtConfig::verified_cache`'s default).
 const VERIFIED_CACHE: usize = 8192;
-
-struct Row {
-    name: &'static str,
-    unit: &'static str,
-    ours: f64,
-}
 
 /// A node with a fresh identity on a free loopback port.
 async fn bench_node() -> Node {
@@ -677,17 +673,6 @@ fn failover(rows: &mut Vec<Row>) {
     });
 }
 
-fn output_path() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            // The workspace root is the parent of this package.
-            let package = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-            package.parent().unwrap_or(package).join("target")
-        });
-    target.join("bench").join("cluster.json")
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; there is nothing to filter.
     let mut rows = Vec::new();
@@ -696,20 +681,5 @@ fn main() {
     stores_verified(&mut rows);
     lookups(&mut rows);
     failover(&mut rows);
-    let lines: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            format!(
-                "  {{\"name\": \"{}\", \"unit\": \"{}\", \"ours\": {:.4}, \"baseline\": null, \"ratio\": null}}",
-                r.name, r.unit, r.ours
-            )
-        })
-        .collect();
-    let json = format!("[\n{}\n]\n", lines.join(",\n"));
-    let path = output_path();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).expect("create target/bench");
-    }
-    std::fs::write(&path, json).expect("write cluster.json");
-    println!("wrote {}", path.display());
+    write_rows("cluster.json", &rows);
 }

@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 use crate::identity::Identity;
 use crate::node::{Node, NodeConfig, NodeError};
 
+/// Bootstrap attempts of a node of an in-process testnet (see [`bootstrap_patiently`]).
+const BOOTSTRAP_TRIES: u32 = 3;
+
 /// A running in-process network.
 #[derive(Debug)]
 pub struct Testnet {
@@ -61,7 +64,7 @@ impl Testnet {
                 }
             };
             if i > 0 {
-                node.bootstrap(&[nodes_first_addr(&nodes)]).await?;
+                bootstrap_patiently(&node, nodes_first_addr(&nodes)).await?;
             }
             nodes.push(node);
         }
@@ -117,6 +120,19 @@ impl Testnet {
             closing.spawn(async move { node.shutdown().await });
         }
         while closing.join_next().await.is_some() {}
+    }
+}
+
+/// Bootstraps `node` through `via`, trying again (at most [`BOOTSTRAP_TRIES`] times) when no
+/// answer came in time: in a network of hundreds of nodes in one process on a small machine, the
+/// first node may be too busy for a moment (a running node re-joins with backoff the same way).
+async fn bootstrap_patiently(node: &Node, via: SocketAddr) -> Result<usize, NodeError> {
+    let mut tries = 1;
+    loop {
+        match node.bootstrap(&[via]).await {
+            Err(NodeError::Bootstrap(_)) if tries < BOOTSTRAP_TRIES => tries += 1,
+            done => return done,
+        }
     }
 }
 

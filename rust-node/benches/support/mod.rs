@@ -102,3 +102,40 @@ impl<A: Send + 'static> ServerThread<A> {
         let _ = self.thread.join();
     }
 }
+
+/// One row of a bench's JSON file in `target/bench/` (the format every bench writes; this crate
+/// has no baseline to give).
+#[allow(dead_code)] // not by the transport bench
+pub struct Row {
+    pub name: &'static str,
+    pub unit: &'static str,
+    pub ours: f64,
+}
+
+/// Writes `rows` to `target/bench/<file>` (under `CARGO_TARGET_DIR` if set) and says where.
+// The transport bench compiles this module but writes no rows.
+#[allow(dead_code)]
+pub fn write_rows(file: &str, rows: &[Row]) {
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "  {{\"name\": \"{}\", \"unit\": \"{}\", \"ours\": {:.4}, \"baseline\": null, \"ratio\": null}}",
+                r.name, r.unit, r.ours
+            )
+        })
+        .collect();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            // The workspace root is the parent of this package.
+            let package = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            package.parent().unwrap_or(package).join("target")
+        });
+    let path = target.join("bench").join(file);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("create target/bench");
+    }
+    std::fs::write(&path, format!("[\n{}\n]\n", lines.join(",\n"))).expect("write the rows");
+    println!("wrote {}", path.display());
+}
