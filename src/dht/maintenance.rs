@@ -192,14 +192,9 @@ impl<S: StoreAccess> Cx<'_, S> {
             .map(|index| self.dht.rng.id_in_bucket(&own, index as usize))
             .collect();
         // Taken from the end: the farthest bucket first.
-        let Some(first) = targets.pop() else {
-            return;
-        };
-        self.dht.timers.refreshing = true;
-        let op = self.dht.ops.next_op();
-        let then = AfterLookup::Refresh { rest: targets };
-        let request = Request::FindNode { target: first };
-        self.lookup(op, first, request, None, then, false);
+        if let Some(first) = targets.pop() {
+            self.look_up_in_turn(first, targets);
+        }
     }
 
     /// Pings the bootstrap nodes, then looks up the node's own id.
@@ -228,16 +223,16 @@ impl<S: StoreAccess> Cx<'_, S> {
         }
         // Looked up last first: the own id, then the buckets in cursor order.
         targets.reverse();
+        self.look_up_in_turn(own, targets);
+    }
+
+    /// A refresh: FIND_NODE of `first`, then of each of `rest` from its end, one after the
+    /// other; `refreshing` until the last ends.
+    fn look_up_in_turn(&mut self, first: NodeId, rest: Vec<NodeId>) {
         self.dht.timers.refreshing = true;
         let op = self.dht.ops.next_op();
-        let then = AfterLookup::Refresh { rest: targets };
-        self.lookup(
-            op,
-            own,
-            Request::FindNode { target: own },
-            None,
-            then,
-            false,
-        );
+        let then = AfterLookup::Refresh { rest };
+        let request = Request::FindNode { target: first };
+        self.lookup(op, first, request, None, then, false);
     }
 }
