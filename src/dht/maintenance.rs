@@ -179,7 +179,9 @@ impl<S: StoreAccess> Cx<'_, S> {
     /// every bucket farther than the closest neighbour; those already holding a node are left to
     /// the periodic refresh.)
     pub(super) fn fill_far_buckets(&mut self) {
-        if self.dht.timers.refreshing {
+        // A table shorter than `k` re-joins soon anyway (`after_join`), and a refresh running
+        // would hold that re-join back.
+        if self.dht.timers.refreshing || self.dht.peers.len() < self.dht.config.k {
             return;
         }
         let own = self.dht.id;
