@@ -139,14 +139,30 @@ impl Peers {
         self.table.is_empty()
     }
 
-    /// Indices of the empty buckets farther than the nearest non-empty one, farthest first, at
-    /// most `max`.
+    /// Indices of the empty buckets farther than the bucket of the `k`-th nearest known node,
+    /// farthest first, at most `max`. With the `k` nearest nodes in bucket `b` or nearer, the
+    /// network holds about `k * 2^(b + 1)` nodes and bucket `i` about `k * 2^(b - i)` of them: an
+    /// empty bucket farther than `b` is empty for want of knowing its nodes, one nearer may be
+    /// empty for want of nodes.
     pub(crate) fn empty_far_buckets(&self, max: usize) -> Vec<u32> {
         // `buckets` yields the non-empty ones by ascending index.
-        let used: Vec<u32> = self.table.buckets().map(|(index, _)| index).collect();
-        let nearest = used.last().copied().unwrap_or(0);
-        (0..nearest)
-            .filter(|index| !used.contains(index))
+        let used: Vec<(u32, usize)> = self
+            .table
+            .buckets()
+            .map(|(index, nodes)| (index, nodes.len()))
+            .collect();
+        let k = self.table.config().k;
+        let mut nearer = 0;
+        let bound = used
+            .iter()
+            .rev()
+            .find(|(_, len)| {
+                nearer += len;
+                nearer >= k
+            })
+            .map_or(0, |(index, _)| *index);
+        (0..bound)
+            .filter(|index| !used.iter().any(|(u, _)| u == index))
             .take(max)
             .collect()
     }
@@ -211,6 +227,28 @@ mod tests {
             !p.requested(NodeId([3; 32]), addr(5)),
             "two at once at most"
         );
+    }
+
+    #[test]
+    fn a_join_fills_the_empty_buckets_farther_than_its_k_nearest_peers() {
+        let mut p = Peers::new(
+            NodeId([0; 32]),
+            TableConfig {
+                k: 2,
+                replacements: 1,
+            },
+            2,
+        );
+        // One peer each in buckets 1, 4 and 7 (the first set bit of the id is the bucket).
+        for (port, bucket) in [(1, 1), (2, 4), (3, 7)] {
+            let mut id = [0; 32];
+            id[0] = 0x80 >> bucket;
+            assert!(p.answered(NodeId(id), addr(port)));
+        }
+        // The two nearest are in buckets 7 and 4: buckets 0, 2 and 3 are empty for want of
+        // knowing their nodes; 5 and 6, nearer, may be empty for want of nodes.
+        assert_eq!(p.empty_far_buckets(8), [0, 2, 3]);
+        assert_eq!(p.empty_far_buckets(2), [0, 2], "farthest first");
     }
 
     #[test]
