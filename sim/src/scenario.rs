@@ -197,14 +197,14 @@ impl<'a> Run<'a> {
             self.run_slice(s.join_spacing);
         }
         self.run_slice(s.settle);
-        for service in 0..s.services {
-            let providers = self
-                .net
-                .rng()
-                .pick(&self.population.alive, s.providers_per_service);
-            for node in providers {
-                self.advertise(node, service);
-            }
+        // Distinct nodes for all services: a node advertises one service at most, so that its
+        // departure ends that service's expectation and its replacement takes that one over.
+        let providers = self
+            .net
+            .rng()
+            .pick(&self.population.alive, s.services * s.providers_per_service);
+        for (i, node) in providers.into_iter().enumerate() {
+            self.advertise(node, i % s.services);
         }
         // Time for the first publishes to reach their replicas.
         self.run_slice(Duration::from_secs(30));

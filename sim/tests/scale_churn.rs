@@ -42,3 +42,24 @@ fn a_thousand_nodes_under_churn_find_their_providers_in_few_hops() {
     assert!(first.hops_quantile(0.99) <= 6, "{report}");
     assert!(first.replica_recall_pct() >= 90.0, "{report}");
 }
+
+/// Short sessions and short-lived records: a departed provider's records expire within the
+/// period, so a lookup that expected it would miss it. A lookup expects only the providers that
+/// still run (each node advertises one service at most, and its replacement takes that one
+/// over), and finds them.
+#[test]
+fn lookups_expect_only_the_providers_that_still_run() {
+    let report = Scenario {
+        // 200 providers among 300 nodes: drawn service by service, many would be drawn twice.
+        services: 100,
+        ttl_secs: 120,
+        sessions: Some(Sessions::exponential(Duration::from_secs(300))),
+        provider_lookups: 200,
+        node_lookups: 10,
+        ..Scenario::new("short_sessions", 3, 300)
+    }
+    .run();
+    let summary = report.summary();
+    assert!(report.departures >= 300, "{summary}");
+    assert!(report.success_all_pct() >= 99.0, "{summary}");
+}
