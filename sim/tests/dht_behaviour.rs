@@ -531,6 +531,33 @@ fn a_node_cut_off_at_its_bootstrap_joins_once_it_can_reach_the_network() {
 }
 
 #[test]
+fn an_advertisement_made_before_the_join_reached_anyone_is_placed_once_it_does() {
+    // Enough nodes that the key's closest are not the ones the node meets joining.
+    let (mut net, nodes) = network(config(4), 200);
+    let seed = nodes[3];
+    let early = net.add_node();
+    net.cut(early, seed);
+    net.join(early, &[seed]);
+    net.run_for(5 * SECOND);
+    // Advertised with a long time to live: its republish is due only in 10 minutes.
+    let op = net.advertise(early, "early", "https://early:1", 3_600);
+    net.run_for(SECOND);
+    match net.outcome(early, op) {
+        Some(Outcome::Published(Ok(published))) => assert_eq!(published.acked, 0),
+        other => panic!("publish outcome {other:?}"),
+    }
+    net.heal(early, seed);
+    net.run_for(Duration::from_secs(60));
+    let key = service_key("early");
+    let holders = net.holders(&key);
+    for replica in without(net.closest_alive(&key, 5), early).iter().take(4) {
+        assert!(holders.contains(replica), "{replica} of {holders:?}");
+    }
+    let found = net.discover(nodes[10], "early", 1).expect("lookup ended");
+    assert_eq!(found.len(), 1);
+}
+
+#[test]
 fn answers_to_a_client_come_from_local_data_only() {
     let (mut net, nodes) = network(config(3), 10);
     net.publish_once(nodes[0], "local", "https://l:1", 600);

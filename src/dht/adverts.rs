@@ -32,6 +32,10 @@ pub(crate) struct Slot {
     pub advert: Option<Advertisement>,
     /// When it is published again.
     pub next_at: Time,
+    /// Its last publish reached no node (the table was empty, or the one peer it had did not
+    /// answer): it is published again as soon as a join reaches a node, not a whole republish
+    /// interval later.
+    pub unplaced: bool,
     /// The command running now.
     pub running: Option<OpId>,
     /// Commands waiting for it, in arrival order.
@@ -107,6 +111,15 @@ impl Adverts {
         due
     }
 
+    /// The advertised services whose last publish reached no node fall due at `now`.
+    pub(crate) fn place_unplaced(&mut self, now: Time) {
+        for slot in self.slots.values_mut() {
+            if slot.unplaced && slot.advert.is_some() {
+                slot.next_at = slot.next_at.min(now);
+            }
+        }
+    }
+
     /// Names of the services advertised now, sorted.
     pub(crate) fn advertised(&self) -> Vec<String> {
         self.slots
@@ -144,6 +157,22 @@ mod tests {
             AdvertError::TooManyAdverts { max: 2 }
         );
         assert_eq!(a.advertised(), vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn an_advertisement_that_reached_no_node_falls_due_once_one_is_reachable() {
+        let mut a = Adverts::new(8);
+        for (name, unplaced) in [("placed", false), ("unplaced", true)] {
+            let slot = a.slot(name).unwrap();
+            slot.advert = Some(ad(100));
+            slot.next_at = Time::from_millis(90_000);
+            slot.unplaced = unplaced;
+        }
+        a.slot("withdrawn").unwrap().unplaced = true;
+        a.place_unplaced(Time::from_millis(2_000));
+        let due = a.take_due(Time::from_millis(2_000), |_| Duration::from_secs(90));
+        let names: Vec<&str> = due.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["unplaced"]);
     }
 
     #[test]

@@ -952,6 +952,10 @@ impl<S: StoreAccess> Cx<'_, S> {
             acked: fanout.acked.len(),
         };
         if let Some(service) = replication.service {
+            let publish = !matches!(*replication.request, Request::Remove { .. });
+            if let Some(slot) = self.dht.adverts.get_mut(&service) {
+                slot.unplaced = publish && outcome.acked == 0;
+            }
             let event = match *replication.request {
                 Request::Remove { .. } => Event::Withdrawn {
                     service: service.clone(),

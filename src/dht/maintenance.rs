@@ -134,8 +134,12 @@ impl<S: StoreAccess> Cx<'_, S> {
     /// the node re-joins through the bootstrap nodes again: a second later at first, then less
     /// and less often. A node whose bootstrap failed, or that joined through a node cut off
     /// itself, so finds the network as soon as its bootstrap nodes do; a node in a network of
-    /// more than `k` nodes that found `k` of them leaves it to the periodic refresh.
+    /// more than `k` nodes that found `k` of them leaves it to the periodic refresh. A join that
+    /// reached a node makes due the advertisements whose last publish reached none.
     pub(super) fn after_join(&mut self, rejoin: bool, answered: Option<usize>) {
+        if answered.is_some_and(|n| n > 0) {
+            self.dht.adverts.place_unplaced(self.now);
+        }
         let short =
             answered.is_none_or(|n| n < self.dht.config.k) && !self.dht.peers.seeds().is_empty();
         let timers = &mut self.dht.timers;
