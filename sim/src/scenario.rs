@@ -22,6 +22,10 @@ use crate::{Links, Network, SimConfig};
 /// due to leave: a departure or a lookup start is late by less than this.
 const SLICE: Duration = Duration::from_secs(1);
 
+/// Bootstrap nodes given to a joining node (random ones whose join ended), as an operator lists
+/// a few: with one, a newcomer whose bootstrap node leaves during its join stays cut off.
+const BOOTSTRAP_NODES: usize = 3;
+
 /// The parameters of one scenario.
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -292,19 +296,22 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Adds a node that joins through a random ready one (and then advertises `service`).
+    /// Adds a node that joins through a few random ready ones (and then advertises `service`).
     fn add_node(&mut self, service: Option<usize>) -> usize {
-        let via = self.random_ready();
+        let mut via: Vec<usize> = (0..BOOTSTRAP_NODES)
+            .filter_map(|_| self.random_ready())
+            .collect();
+        via.sort_unstable();
+        via.dedup();
         let node = self.net.add_node();
         self.ready.push(false);
         self.advertises.push(service);
         self.population.insert(node);
-        match via {
-            Some(via) => {
-                let op = self.net.join(node, &[via]);
-                self.pending.push((node, op, Pending::Join { service }));
-            }
-            None => self.ready[node] = true, // the first node
+        if via.is_empty() {
+            self.ready[node] = true; // the first node
+        } else {
+            let op = self.net.join(node, &via);
+            self.pending.push((node, op, Pending::Join { service }));
         }
         node
     }
