@@ -143,7 +143,8 @@ enum Pending {
     Providers {
         expected: BTreeMap<NodeId, Duration>,
     },
-    /// A node lookup that should find `truth`, the `k` closest live nodes at its start.
+    /// A node lookup that should find `truth`, the `k` closest live nodes (other than the one
+    /// that runs it) at its start.
     Nodes { truth: Vec<NodeId> },
 }
 
@@ -392,20 +393,22 @@ impl<'a> Run<'a> {
             return;
         };
         let target = self.net.rng().id();
-        let truth = self.closest_alive(&target);
+        let truth = self.closest_alive(&target, node);
         let op = self
             .net
             .command(node, |dht, store, now| dht.find_node(store, target, now));
         self.pending.push((node, op, Pending::Nodes { truth }));
     }
 
-    /// The `k` live nodes closest to `target`, in no order (a partial selection: a sort of
-    /// 100 k ids per lookup would dominate the run).
-    fn closest_alive(&self, target: &NodeId) -> Vec<NodeId> {
+    /// The `k` live nodes other than `asker` closest to `target`, in no order (a partial
+    /// selection: a sort of 100 k ids per lookup would dominate the run). A lookup returns other
+    /// nodes, never the one that runs it.
+    fn closest_alive(&self, target: &NodeId, asker: usize) -> Vec<NodeId> {
         let mut ids: Vec<NodeId> = self
             .population
             .alive
             .iter()
+            .filter(|&&i| i != asker)
             .map(|&i| self.net.node(i).id())
             .collect();
         let k = self.scenario.dht.k.min(ids.len());
