@@ -358,6 +358,39 @@ fn nodes_that_all_join_through_one_learn_the_far_parts_of_the_network() {
 }
 
 #[test]
+fn peers_on_slow_links_are_not_taken_for_dead() {
+    // Wide-area round trips (log-normal, median 50 ms, a tenth of the pairs over 95 ms), no loss:
+    // every request that fails is a live peer's answer given up on.
+    let (mut net, nodes) = network(
+        SimConfig {
+            links: Links {
+                loss: 0.0,
+                ..Links::default()
+            },
+            ..config(20)
+        },
+        300,
+    );
+    let (mut queried, mut failed) = (0, 0);
+    for (n, &i) in nodes.iter().enumerate().step_by(10) {
+        let target = net.node(nodes[(n * 7 + 3) % nodes.len()]).id();
+        let outcome = net.run_command(i, 10 * SECOND, |dht, store, now| {
+            dht.find_node(store, target, now)
+        });
+        let Some(Outcome::Lookup(report)) = outcome else {
+            panic!("lookup from {i} did not end");
+        };
+        queried += report.queried;
+        failed += report.failed;
+    }
+    assert!(queried >= 500, "{queried} queries");
+    assert!(
+        failed * 200 <= queried,
+        "{failed} of {queried} queries failed"
+    );
+}
+
+#[test]
 fn a_silent_peer_holds_a_lookup_only_as_long_as_it_takes_to_answer() {
     let mut config = config(3);
     config.dht.request_timeout = Duration::from_secs(30);
