@@ -5,8 +5,8 @@
 //! per peer and over all peers. A request to a peer times out at `srtt + 4 * rttvar` of that
 //! peer, or twice that of all peers for one never measured, at least [`MIN_TIMEOUT`] and at
 //! most the configured `request_timeout`, doubled for each failure in a row; before any sample at
-//! all, at `request_timeout`. So a dead peer holds a request for about its usual answer time, not for the
-//! whole timeout.
+//! all, at `request_timeout`. So a dead peer holds a request for about its usual answer time, not
+//! for the whole timeout.
 //!
 //! A peer that fails a request for a liveness reason is suspect for [`SUSPECT_FOR`], doubled for
 //! each failure in a row: lookups do not ask it and replies do not offer it; when the time is up
