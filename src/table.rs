@@ -1,15 +1,17 @@
 //! The k-bucket routing table.
 //!
 //! Lookups, replication and `find_closest` all ask one question: which known nodes are closest to
-//! an id. The old code answered it by sorting every node on every call. Here nodes are kept twice
-//! over, cheaply: in Kademlia's k-buckets (least recently seen first, bounded, with a bounded
-//! replacement cache each) for membership policy, and in one sorted vector of ids that
-//! [`RoutingTable::closest`] walks as an implicit binary trie, so an exact answer costs
-//! O(depth * log N + n log n) instead of O(N log N).
+//! an id. The old code answered it by sorting every node on every call. Here each node is kept
+//! once, in one vector sorted by id. A k-bucket's nodes share the local id's bits before the
+//! bucket's index and differ from it at that index, so each bucket is one contiguous run of the
+//! vector: Kademlia's membership policy (bounded buckets, least recently seen first, a bounded
+//! replacement cache each) reads and writes those runs, and [`RoutingTable::closest`] walks the
+//! vector as an implicit binary trie, so an exact answer costs O(depth * log N + n log n) instead
+//! of O(N log N).
 
-use std::collections::HashMap;
+use std::ops::Range;
 
-use crate::id::{NodeId, ID_BITS};
+use crate::id::{NodeId, ID_BITS, ID_LEN};
 
 /// Bucket sizes of a [`RoutingTable`].
 #[derive(Debug, Clone)]
@@ -69,20 +71,21 @@ impl Removed {
 pub struct RoutingTable<T> {
     local: NodeId,
     config: TableConfig,
-    /// Info of the nodes in buckets.
-    nodes: HashMap<NodeId, T>,
-    /// One per bucket index, from 0 to the nearest one that ever held a node (made on demand).
-    buckets: Vec<Bucket<T>>,
-    /// Ids of the nodes in buckets, ascending.
-    sorted: Vec<NodeId>,
+    /// The nodes in buckets, by ascending id.
+    nodes: Vec<Entry<T>>,
+    /// The nodes of every replacement cache, by ascending id: a bucket's cache is a contiguous
+    /// run as its nodes are, and the buckets without one cost nothing.
+    replacements: Vec<Entry<T>>,
+    /// The last stamp given: a node seen later has a higher `seen`.
+    clock: u32,
 }
 
 #[derive(Debug, Clone)]
-struct Bucket<T> {
-    /// Least recently seen first.
-    nodes: Vec<NodeId>,
-    /// Oldest first.
-    replacements: Vec<(NodeId, T)>,
+struct Entry<T> {
+    id: NodeId,
+    info: T,
+    /// When it was last seen (in a bucket), or kept (in a replacement cache), by `clock`.
+    seen: u32,
 }
 
 impl<T> RoutingTable<T> {
@@ -91,9 +94,9 @@ impl<T> RoutingTable<T> {
         RoutingTable {
             local,
             config,
-            nodes: HashMap::new(),
-            buckets: Vec::new(),
-            sorted: Vec::new(),
+            nodes: Vec::new(),
+            replacements: Vec::new(),
+            clock: 0,
         }
     }
 
@@ -108,70 +111,76 @@ impl<T> RoutingTable<T> {
     }
 
     /// A known id gets its info replaced and becomes most recently seen (`Updated`). With room in
-    /// its bucket, a new id is appended as most recently seen (`Added`). A full bucket does not
+    /// its bucket, a new id is added as most recently seen (`Added`). A full bucket does not
     /// take the newcomer: it goes to that bucket's bounded replacement cache, where the most
     /// recent are kept and the oldest dropped (`Pending`).
     pub fn insert(&mut self, id: NodeId, info: T) -> Inserted {
-        // Bucket 256 ("same id") does not exist: that is the local id.
+        self.admit(id, info).0
+    }
+
+    /// As [`insert`](Self::insert), and returns what the table let go of to make room: the
+    /// oldest node of a full replacement cache, or the newcomer itself when replacement caches
+    /// hold nothing.
+    pub fn admit(&mut self, id: NodeId, info: T) -> (Inserted, Option<(NodeId, T)>) {
         let index = self.local.bucket_index(&id) as usize;
+        // Bucket 256 ("same id") does not exist: that is the local id.
         if index >= ID_BITS {
-            return Inserted::Local;
+            return (Inserted::Local, None);
         }
-        // Buckets are made as far as the nearest one used: in a network of n nodes only about
-        // log2(n) of the 256 ever hold a node.
-        if self.buckets.len() <= index {
-            self.buckets.resize_with(index + 1, || Bucket {
-                nodes: Vec::new(),
-                replacements: Vec::new(),
-            });
-        }
-        let Some(bucket) = self.buckets.get_mut(index) else {
-            return Inserted::Local;
+        let seen = self.tick();
+        let at = match self.nodes.binary_search_by(|e| e.id.cmp(&id)) {
+            Ok(at) => {
+                if let Some(known) = self.nodes.get_mut(at) {
+                    known.info = info;
+                    known.seen = seen;
+                }
+                return (Inserted::Updated, None);
+            }
+            Err(at) => at,
         };
-        if let Some(known) = self.nodes.get_mut(&id) {
-            *known = info;
-            bucket.touch(&id);
-            return Inserted::Updated;
+        let entry = Entry { id, info, seen };
+        if bucket_run(&self.local, &self.nodes, index).len() >= self.config.k {
+            return (Inserted::Pending, self.remember(index, entry));
         }
-        if bucket.nodes.len() >= self.config.k {
-            bucket.remember(id, info, self.config.replacements);
-            return Inserted::Pending;
-        }
-        bucket.forget(&id); // a node is never both in a bucket and in its cache
-        bucket.nodes.push(id);
-        self.nodes.insert(id, info);
-        sorted_insert(&mut self.sorted, id);
-        Inserted::Added
+        self.forget(&id); // a node is never both in a bucket and in its cache
+        insert_at(&mut self.nodes, at, entry, self.config.k);
+        (Inserted::Added, None)
     }
 
     /// Removes a node from its bucket or its replacement cache. When a bucket slot frees up, the
     /// most recently seen replacement moves into the bucket.
     pub fn remove(&mut self, id: &NodeId) -> Removed {
-        let Some(bucket) = self.buckets.get_mut(self.local.bucket_index(id) as usize) else {
-            return Removed::Unknown;
-        };
-        if self.nodes.remove(id).is_none() {
-            return match bucket.forget(id) {
+        let Ok(at) = self.nodes.binary_search_by(|e| e.id.cmp(id)) else {
+            return match self.forget(id) {
                 Some(_) => Removed::Replacement,
                 None => Removed::Unknown,
             };
-        }
-        bucket.nodes.retain(|n| n != id);
-        if let Ok(at) = self.sorted.binary_search(id) {
-            self.sorted.remove(at);
-        }
-        let promoted = bucket.replacements.pop().map(|(promoted, info)| {
-            bucket.nodes.push(promoted);
-            self.nodes.insert(promoted, info);
-            sorted_insert(&mut self.sorted, promoted);
-            promoted
-        });
-        Removed::Node { promoted }
+        };
+        remove_at(&mut self.nodes, at, self.config.k);
+        let index = self.local.bucket_index(id) as usize;
+        let run = bucket_run(&self.local, &self.replacements, index);
+        let Some((newest, _)) = stamps(&self.replacements, run).max_by_key(|&(_, seen)| seen)
+        else {
+            return Removed::Node { promoted: None };
+        };
+        let mut promoted = remove_at(&mut self.replacements, newest, self.config.replacements);
+        promoted.seen = self.tick();
+        let id = promoted.id;
+        let at = self.nodes.partition_point(|e| e.id < id);
+        insert_at(&mut self.nodes, at, promoted, self.config.k);
+        Removed::Node { promoted: Some(id) }
     }
 
     /// Info of a node in a bucket (not of the replacement caches).
     pub fn get(&self, id: &NodeId) -> Option<&T> {
-        self.nodes.get(id)
+        let at = find(&self.nodes, id)?;
+        self.nodes.get(at).map(|e| &e.info)
+    }
+
+    /// Info of a node in a replacement cache.
+    pub fn replacement(&self, id: &NodeId) -> Option<&T> {
+        let at = find(&self.replacements, id)?;
+        self.replacements.get(at).map(|e| &e.info)
     }
 
     /// Nodes in buckets (not in the replacement caches).
@@ -187,31 +196,31 @@ impl<T> RoutingTable<T> {
     /// The exact `n` closest nodes to `target` in ascending XOR distance, without sorting the
     /// table.
     ///
-    /// Ids sharing a prefix are contiguous in the sorted index, and within such a range every id
+    /// Ids sharing a prefix are contiguous in the sorted nodes, and within such a range every id
     /// whose next bit matches the target's is closer than every id whose next bit does not. So the
     /// walk splits ranges by the next bit (a binary search), goes down the matching half first and
     /// the other half only if more are needed, and takes whole any range that fits in what is
-    /// still needed. Only the <= n ids collected are then sorted by distance.
+    /// still needed. Only the <= n nodes collected are then sorted by distance.
     pub fn closest(&self, target: &NodeId, n: usize) -> Vec<(&NodeId, &T)> {
-        let n = n.min(self.sorted.len());
-        let mut picked: Vec<&NodeId> = Vec::with_capacity(n);
+        let n = n.min(self.nodes.len());
+        let mut picked: Vec<&Entry<T>> = Vec::with_capacity(n);
         // (range, depth); nearer ranges are pushed last so they are taken first. At most one
         // pending range per depth plus the one being split: bounded by ID_BITS + 1.
         let mut ranges = Vec::with_capacity(ID_BITS + 1);
-        ranges.push((0..self.sorted.len(), 0));
+        ranges.push((0..self.nodes.len(), 0));
         while let Some((range, depth)) = ranges.pop() {
             let need = n - picked.len();
             if need == 0 {
                 break;
             }
-            let Some(ids) = self.sorted.get(range.clone()) else {
+            let Some(entries) = self.nodes.get(range.clone()) else {
                 continue;
             };
-            if ids.len() <= need || depth >= ID_BITS {
-                picked.extend(ids.iter().take(need));
+            if entries.len() <= need || depth >= ID_BITS {
+                picked.extend(entries.iter().take(need));
                 continue;
             }
-            let split = range.start + ids.partition_point(|id| !id.bit(depth));
+            let split = range.start + entries.partition_point(|e| !e.id.bit(depth));
             let (zeros, ones) = (range.start..split, split..range.end);
             let (near, far) = if target.bit(depth) {
                 (ones, zeros)
@@ -224,65 +233,128 @@ impl<T> RoutingTable<T> {
                 }
             }
         }
-        picked.sort_unstable_by_key(|id| id.distance(target));
-        picked
-            .into_iter()
-            .filter_map(|id| self.nodes.get_key_value(id))
-            .collect()
+        picked.sort_unstable_by_key(|e| e.id.distance(target));
+        picked.into_iter().map(|e| (&e.id, &e.info)).collect()
     }
 
-    /// Buckets that hold nodes: (index, nodes least recently seen first).
+    /// Buckets that hold nodes: (index, nodes least recently seen first), by ascending index.
     pub fn buckets(&self) -> impl Iterator<Item = (u32, Vec<(&NodeId, &T)>)> + '_ {
-        (0u32..)
-            .zip(&self.buckets)
-            .filter(|(_, b)| !b.nodes.is_empty())
-            .map(|(index, bucket)| {
-                let nodes = bucket
-                    .nodes
-                    .iter()
-                    .filter_map(|id| self.nodes.get_key_value(id));
-                (index, nodes.collect())
-            })
-    }
-}
-
-impl<T> Bucket<T> {
-    /// Makes a node of this bucket the most recently seen.
-    fn touch(&mut self, id: &NodeId) {
-        if let Some(at) = self.nodes.iter().position(|n| n == id) {
-            let node = self.nodes.remove(at);
-            self.nodes.push(node);
+        let mut order: Vec<(u32, u32, &Entry<T>)> = self
+            .nodes
+            .iter()
+            .map(|e| (self.local.bucket_index(&e.id), e.seen, e))
+            .collect();
+        order.sort_unstable_by_key(|&(index, seen, _)| (index, seen));
+        let mut buckets: Vec<(u32, Vec<(&NodeId, &T)>)> = Vec::new();
+        for (index, _, e) in order {
+            match buckets.last_mut() {
+                Some((last, nodes)) if *last == index => nodes.push((&e.id, &e.info)),
+                _ => buckets.push((index, vec![(&e.id, &e.info)])),
+            }
         }
+        buckets.into_iter()
     }
 
-    /// Keeps a newcomer in the replacement cache as its most recent entry.
-    fn remember(&mut self, id: NodeId, info: T, capacity: usize) {
-        self.forget(&id);
+    /// Keeps a newcomer to a full bucket in that bucket's replacement cache, as its most recent
+    /// entry; returns what was dropped for it.
+    fn remember(&mut self, index: usize, entry: Entry<T>) -> Option<(NodeId, T)> {
+        self.forget(&entry.id);
+        let capacity = self.config.replacements;
         if capacity == 0 {
-            return;
+            return Some((entry.id, entry.info));
         }
-        if self.replacements.len() >= capacity {
-            self.replacements.remove(0);
-        }
-        self.replacements.push((id, info));
+        let run = bucket_run(&self.local, &self.replacements, index);
+        let dropped = if run.len() >= capacity {
+            stamps(&self.replacements, run)
+                .min_by_key(|&(_, seen)| seen)
+                .map(|(oldest, _)| remove_at(&mut self.replacements, oldest, capacity))
+        } else {
+            None
+        };
+        let at = self.replacements.partition_point(|e| e.id < entry.id);
+        insert_at(&mut self.replacements, at, entry, capacity);
+        dropped.map(|e| (e.id, e.info))
     }
 
+    /// Takes a node out of its replacement cache.
     fn forget(&mut self, id: &NodeId) -> Option<T> {
-        let at = self.replacements.iter().position(|(n, _)| n == id)?;
-        Some(self.replacements.remove(at).1)
+        let at = find(&self.replacements, id)?;
+        Some(remove_at(&mut self.replacements, at, self.config.replacements).info)
+    }
+
+    /// The next stamp for `seen`. Stamps only order the entries: when they run out, the
+    /// entries are stamped again from 1 in the same order.
+    fn tick(&mut self) -> u32 {
+        if self.clock == u32::MAX {
+            let mut stamps: Vec<&mut u32> = self
+                .nodes
+                .iter_mut()
+                .chain(self.replacements.iter_mut())
+                .map(|e| &mut e.seen)
+                .collect();
+            stamps.sort_unstable_by_key(|seen| **seen);
+            self.clock = 0;
+            for (stamp, seen) in (1..).zip(stamps) {
+                *seen = stamp;
+                self.clock = stamp;
+            }
+        }
+        self.clock += 1;
+        self.clock
     }
 }
 
-fn sorted_insert(sorted: &mut Vec<NodeId>, id: NodeId) {
-    if let Err(at) = sorted.binary_search(&id) {
-        sorted.insert(at, id);
+/// Where `id` is in `entries` (sorted by id).
+fn find<T>(entries: &[Entry<T>], id: &NodeId) -> Option<usize> {
+    entries.binary_search_by(|e| e.id.cmp(id)).ok()
+}
+
+/// Where the entries of bucket `index` are in `entries` (sorted by id): between the lowest and
+/// the highest id of the bucket, which have the local id's bits before `index`, the opposite bit
+/// at `index`, then all zeros or all ones.
+fn bucket_run<T>(local: &NodeId, entries: &[Entry<T>], index: usize) -> Range<usize> {
+    let (byte, bit) = (index / 8, 0x80u8 >> (index % 8));
+    let (mut low, mut high) = ([0u8; ID_LEN], [0xffu8; ID_LEN]);
+    for (i, ((l, h), own)) in low.iter_mut().zip(high.iter_mut()).zip(local.0).enumerate() {
+        if i < byte {
+            (*l, *h) = (own, own);
+        } else if i == byte {
+            *l = (own ^ bit) & !(bit - 1);
+            *h = *l | (bit - 1);
+        }
     }
+    let (low, high) = (NodeId(low), NodeId(high));
+    entries.partition_point(|e| e.id < low)..entries.partition_point(|e| e.id <= high)
+}
+
+/// Positions and `seen` stamps of the entries in `run`.
+fn stamps<T>(entries: &[Entry<T>], run: Range<usize>) -> impl Iterator<Item = (usize, u32)> + '_ {
+    let start = run.start;
+    let run = entries.get(run).unwrap_or_default();
+    (start..).zip(run).map(|(at, e)| (at, e.seen))
+}
+
+/// Inserts into a vector that grows `step` entries at a time: the table's vectors grow only as
+/// far as the network makes them, and doubling would leave up to half of them unused.
+fn insert_at<E>(entries: &mut Vec<E>, at: usize, entry: E, step: usize) {
+    if entries.len() == entries.capacity() {
+        entries.reserve_exact(step.max(1));
+    }
+    entries.insert(at, entry);
+}
+
+/// Removes from such a vector, giving back what is unused past one step.
+fn remove_at<E>(entries: &mut Vec<E>, at: usize, step: usize) -> E {
+    let entry = entries.remove(at);
+    if entries.capacity() - entries.len() > 2 * step.max(1) {
+        entries.shrink_to(entries.len() + step.max(1));
+    }
+    entry
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::ID_LEN;
 
     fn id(bytes: &[u8]) -> NodeId {
         let mut b = [0u8; ID_LEN];
@@ -309,19 +381,67 @@ mod tests {
     }
 
     #[test]
-    fn buckets_are_made_as_far_as_the_nearest_one_used() {
+    fn room_grows_and_shrinks_by_steps_with_the_nodes() {
         let mut t = table(2, 1);
-        assert_eq!(t.buckets.len(), 0, "nothing up front");
+        assert_eq!(
+            t.nodes.capacity() + t.replacements.capacity(),
+            0,
+            "nothing up front"
+        );
         assert_eq!(t.insert(id(&[0x80]), 1), Inserted::Added);
-        assert_eq!(t.buckets.len(), 1);
         assert_eq!(t.insert(id(&[0, 1]), 2), Inserted::Added);
-        assert_eq!(t.buckets.len(), 16, "up to bucket 15, the nearest used");
+        assert_eq!(t.nodes.capacity(), 2, "one step of k");
+        assert_eq!(t.insert(id(&[0x40]), 3), Inserted::Added);
+        assert_eq!(t.nodes.capacity(), 4);
         assert_eq!(
             t.remove(&id(&[0, 0, 1])),
             Removed::Unknown,
-            "in bucket 23, never made"
+            "in bucket 23, which holds nothing"
         );
-        assert_eq!(t.closest(&id(&[]), 5).len(), 2);
+        assert_eq!(t.closest(&id(&[]), 5).len(), 3);
+        let many: Vec<NodeId> = (0..8u8).map(|b| id(&[b, 0xff])).collect();
+        for x in &many {
+            t.insert(*x, 0);
+        }
+        let most = t.nodes.capacity();
+        for x in &many {
+            t.remove(x);
+        }
+        assert!(t.nodes.capacity() < most && t.nodes.capacity() <= t.len() + 4);
+    }
+
+    #[test]
+    fn replacements_are_found_and_what_a_full_cache_drops_is_returned() {
+        let mut t = table(1, 2);
+        let ids: Vec<NodeId> = (0..4).map(|i| id(&[0x80 | i])).collect();
+        assert_eq!(t.admit(ids[0], 0), (Inserted::Added, None));
+        assert_eq!(t.admit(ids[1], 1), (Inserted::Pending, None));
+        assert_eq!(t.admit(ids[2], 2), (Inserted::Pending, None));
+        assert_eq!(t.replacement(&ids[1]), Some(&1));
+        assert_eq!(t.get(&ids[1]), None);
+        assert_eq!(t.admit(ids[3], 3), (Inserted::Pending, Some((ids[1], 1))));
+        assert_eq!(t.replacement(&ids[1]), None);
+        let mut none = table(1, 0);
+        none.insert(ids[0], 0);
+        assert_eq!(
+            none.admit(ids[1], 1),
+            (Inserted::Pending, Some((ids[1], 1)))
+        );
+    }
+
+    #[test]
+    fn stamps_run_out_without_changing_the_order() {
+        let mut t = table(3, 2);
+        let (a, b, c) = (id(&[0x80]), id(&[0x81]), id(&[0xc0]));
+        for x in [c, a, b] {
+            t.insert(x, 0);
+        }
+        t.clock = u32::MAX - 1;
+        t.insert(c, 0);
+        t.insert(a, 0);
+        assert_eq!(t.clock, 4, "stamped again from 1");
+        t.insert(b, 0);
+        assert_eq!(bucket_ids(&t, 0), vec![c, a, b]);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::adverts::Command;
 use super::ops::{Purpose, Rpc, Running};
@@ -168,10 +169,10 @@ impl<S: StoreAccess> Cx<'_, S> {
         let rpc_id = self.dht.ops.next_rpc();
         let timeout = self
             .dht
-            .health
+            .peers
             .timeout(to.as_ref(), self.dht.config.request_timeout);
         let stall_after = match (&purpose, to) {
-            (Purpose::Lookup(_), Some(id)) => self.dht.health.stall_after(&id, timeout),
+            (Purpose::Lookup(_), Some(id)) => self.dht.peers.stall_after(&id, timeout),
             _ => None,
         };
         let rpc = Rpc {
@@ -229,8 +230,7 @@ impl<S: StoreAccess> Cx<'_, S> {
         let result = match reply {
             Reply::Answered { from, response } => {
                 let rtt = self.now.since(rpc.sent);
-                self.dht.health.answered(from, rtt, self.now);
-                self.observe_answer(from, rpc.addr);
+                self.observe_answer(from, rpc.addr, rtt);
                 if speaks_another_version(&response) {
                     self.dht.stats.refused_version += 1;
                 }
@@ -277,10 +277,10 @@ impl<S: StoreAccess> Cx<'_, S> {
         }
     }
 
-    /// A peer answered from `addr`: it is (again) in the table, most recently seen. A new entry
-    /// may be owed records (hand-off).
-    fn observe_answer(&mut self, id: NodeId, addr: SocketAddr) {
-        if self.dht.peers.answered(id, addr) {
+    /// A peer answered from `addr`, `rtt` after the request: it is (again) in the table, most
+    /// recently seen. A new entry may be owed records (hand-off).
+    fn observe_answer(&mut self, id: NodeId, addr: SocketAddr, rtt: Duration) {
+        if self.dht.peers.answered(id, addr, rtt, self.now) {
             let peer = NodeInfo { id, addr };
             self.emit(Event::PeerUp(peer));
             if self.dht.config.serve {
@@ -295,9 +295,7 @@ impl<S: StoreAccess> Cx<'_, S> {
     fn on_failure(&mut self, id: &NodeId, kind: FailureKind) {
         let evict = match kind {
             FailureKind::WrongPeer => true,
-            FailureKind::Timeout | FailureKind::Unreachable => {
-                self.dht.health.failed(*id, self.now)
-            }
+            FailureKind::Timeout | FailureKind::Unreachable => self.dht.peers.failed(*id, self.now),
             FailureKind::Refused => false,
         };
         if evict {
@@ -311,7 +309,7 @@ impl<S: StoreAccess> Cx<'_, S> {
         loop {
             let mut nodes = self.dht.peers.closest(target, asked);
             let all = nodes.len();
-            nodes.retain(|node| !self.dht.health.is_suspect(&node.id, self.now));
+            nodes.retain(|node| !self.dht.peers.is_suspect(&node.id, self.now));
             if nodes.len() >= n || all < asked {
                 nodes.truncate(n);
                 return nodes;
@@ -322,7 +320,7 @@ impl<S: StoreAccess> Cx<'_, S> {
 
     /// Of `nodes` a peer offered, those not suspect here.
     fn live(&self, mut nodes: Vec<NodeInfo>) -> Vec<NodeInfo> {
-        nodes.retain(|node| !self.dht.health.is_suspect(&node.id, self.now));
+        nodes.retain(|node| !self.dht.peers.is_suspect(&node.id, self.now));
         nodes
     }
 
@@ -574,7 +572,7 @@ impl<S: StoreAccess> Cx<'_, S> {
                 else {
                     continue;
                 };
-                let unawaited = self.dht.health.failed_last(&id);
+                let unawaited = self.dht.peers.failed_last(&id);
                 if let Some(state) = self.lookup_mut(op) {
                     state.in_flight.push(rpc);
                     if unawaited {

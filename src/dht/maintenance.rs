@@ -161,7 +161,7 @@ impl<S: StoreAccess> Cx<'_, S> {
         let now = self.now;
         let due: Vec<(NodeId, SocketAddr)> = self
             .dht
-            .health
+            .peers
             .due_probes(now)
             .into_iter()
             .filter_map(|id| self.dht.peers.addr(&id).map(|addr| (id, addr)))
@@ -170,7 +170,7 @@ impl<S: StoreAccess> Cx<'_, S> {
             if let Some(rpc) = self.send(Some(id), addr, Arc::new(Request::Ping), Purpose::Probe) {
                 // Suspect while the probe runs, so that the next tick does not probe it again.
                 let until = self.dht.ops.rpcs.get(&rpc).map_or(now, |r| r.deadline);
-                self.dht.health.probing(id, until);
+                self.dht.peers.probing(id, until);
             }
         }
     }

@@ -363,9 +363,8 @@ pub struct Dht {
     /// Unix microseconds at `Time::ZERO` of the host's clock: the one clock is the host's, and
     /// wall-clock stamps (`advertised_at`, removal times) are derived from it.
     unix_origin_us: u64,
+    /// The routing table, and round-trip times and recent failures of the peers it talked to.
     peers: Peers,
-    /// Round-trip times and recent failures of the peers it talked to.
-    health: health::Health,
     /// The latest time an input brought.
     now: Time,
     tombstones: Tombstones,
@@ -407,7 +406,6 @@ impl Dht {
             verifier: Verifier::new(config.verified_cache),
             rates: PeerRates::new(config.peer_stores_per_s),
             peers: Peers::new(id, table, config.max_verifying),
-            health: health::Health::default(),
             now,
             tombstones: Tombstones::new(config.max_tombstones),
             published: Copies::new(config.max_replicated, 2 * config.k),
@@ -688,12 +686,13 @@ impl Dht {
         self.stats.refused_version += 1;
     }
 
-    /// The smoothed round-trip time of `peer`'s answers to this node, if it ever answered. A
+    /// The smoothed round-trip time of `peer`'s answers to this node, if it answered and is still
+    /// remembered: in the routing table, or among the last peers the table let go of. A
     /// request to a peer times out at a multiple of it (at least 100 ms, at most
     /// `request_timeout`); one that fails makes the peer suspect for a while, and three failures
     /// in a row take it out of the routing table.
     pub fn rtt(&self, peer: &NodeId) -> Option<Duration> {
-        self.health.rtt(peer)
+        self.peers.rtt(peer)
     }
 
     /// Nodes in the routing table.
@@ -711,7 +710,7 @@ impl Dht {
         let (lookup_p50_us, lookup_p99_us) = self.latencies.percentiles_us();
         DhtStatus {
             peers: self.peers.len(),
-            suspects: self.health.suspects(self.now),
+            suspects: self.peers.suspects(self.now),
             joined: !self.peers.is_empty(),
             tombstones: self.tombstones.len(),
             adverts: self.adverts.advertised(),

@@ -1,4 +1,5 @@
-//! Who is in the routing table, and the rules for getting in and out.
+//! Who is in the routing table, the rules for getting in and out, and what this node has seen
+//! of each peer.
 //!
 //! A peer that answers one of our requests is proven (the transport checked its id against its
 //! key, and it answered at that address), so it enters the table at once. A peer that only sends
@@ -7,13 +8,19 @@
 //! them. A peer that fails a request for a liveness reason (timeout, unreachable, another node at
 //! its address) leaves the table, and the bucket's most recent replacement moves up.
 //!
-//! Bounded: the table by its buckets, peers being verified by `max_verifying`, remembered
-//! bootstrap addresses by [`MAX_BOOTSTRAP`].
+//! A peer's id is kept once: its address and round-trip time live in its table entry (in a
+//! bucket or a replacement cache), and the health bookkeeping (`health`) keeps only what the
+//! table does not: failures, and the round-trip times of peers the table let go of.
+//!
+//! Bounded: the table by its buckets, health by its own bounds, peers being verified by
+//! `max_verifying`, remembered bootstrap addresses by [`MAX_BOOTSTRAP`].
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::time::Duration;
 
+use super::health::{Health, Rtt};
 use crate::table::{Inserted, Removed, RoutingTable, TableConfig};
+use crate::time::Time;
 use crate::wire::NodeInfo;
 use crate::NodeId;
 
@@ -22,12 +29,20 @@ use crate::settings::MAX_BOOTSTRAP;
 /// A node's routing table with its liveness bookkeeping.
 #[derive(Debug)]
 pub(crate) struct Peers {
-    table: RoutingTable<SocketAddr>,
+    table: RoutingTable<Known>,
+    health: Health,
     /// Peers being pinged back before they enter the table.
-    verifying: BTreeSet<NodeId>,
+    verifying: Vec<NodeId>,
     max_verifying: usize,
     /// Bootstrap addresses, for re-joining when the table runs empty.
     seeds: Vec<SocketAddr>,
+}
+
+/// What the table keeps of a peer: it entered by answering, so its round-trip time is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Known {
+    addr: SocketAddr,
+    rtt: Rtt,
 }
 
 /// What a peer leaving the table changed.
@@ -42,16 +57,34 @@ impl Peers {
     pub(crate) fn new(local: NodeId, table: TableConfig, max_verifying: usize) -> Peers {
         Peers {
             table: RoutingTable::new(local, table),
-            verifying: BTreeSet::new(),
+            health: Health::default(),
+            verifying: Vec::new(),
             max_verifying,
             seeds: Vec::new(),
         }
     }
 
-    /// A peer answered us from `addr`: it is (again) in the table, most recently seen. True when
-    /// it is new there.
-    pub(crate) fn answered(&mut self, id: NodeId, addr: SocketAddr) -> bool {
-        self.table.insert(id, addr) == Inserted::Added
+    /// A peer answered at `now`, from `addr`, a request sent `rtt` ago: one more round-trip
+    /// sample, it is no longer suspect, and it is (again) in the table, most recently seen (in
+    /// its bucket, or its bucket's replacement cache). True when it is new in its bucket.
+    pub(crate) fn answered(
+        &mut self,
+        id: NodeId,
+        addr: SocketAddr,
+        rtt: Duration,
+        now: Time,
+    ) -> bool {
+        let known = self
+            .table
+            .get(&id)
+            .or_else(|| self.table.replacement(&id))
+            .map(|k| k.rtt);
+        let rtt = self.health.answered(&id, rtt, known);
+        let (inserted, let_go) = self.table.admit(id, Known { addr, rtt });
+        if let Some((id, gone)) = let_go {
+            self.health.keep(id, gone.rtt, now);
+        }
+        inserted == Inserted::Added
     }
 
     /// A peer sent us a request from `addr`. Known at that address: refreshed, and false.
@@ -59,31 +92,40 @@ impl Peers {
     /// fewer than `max_verifying` are); the caller reports the ping's end with
     /// [`Peers::verified`].
     pub(crate) fn requested(&mut self, id: NodeId, addr: SocketAddr) -> bool {
-        if self.table.get(&id) == Some(&addr) {
-            self.table.insert(id, addr);
+        if let Some(known) = self.table.get(&id).filter(|k| k.addr == addr).copied() {
+            self.table.insert(id, known);
             return false;
         }
-        self.verifying.len() < self.max_verifying && self.verifying.insert(id)
+        if self.verifying.len() >= self.max_verifying || self.verifying.contains(&id) {
+            return false;
+        }
+        self.verifying.push(id);
+        true
     }
 
     /// The ping back to `id` ended (the answer, if any, went through [`Peers::answered`]).
     pub(crate) fn verified(&mut self, id: &NodeId) {
-        self.verifying.remove(id);
+        self.verifying.retain(|v| v != id);
+        if self.verifying.is_empty() {
+            self.verifying.shrink_to_fit(); // pings back come and go: no room kept between them
+        }
+    }
+
+    /// `id` failed a request for a liveness reason at `now`: suspect for a while. True when it
+    /// has failed so many times in a row that it should leave the table.
+    pub(crate) fn failed(&mut self, id: NodeId, now: Time) -> bool {
+        self.health.failed(id, now)
     }
 
     /// `id` failed a request for a liveness reason: it leaves its bucket (or its replacement
     /// cache). `Some` when it was in a bucket.
     pub(crate) fn unreachable(&mut self, id: &NodeId) -> Option<Departure> {
-        let addr = self.table.get(id).copied()?;
+        let addr = self.addr(id)?;
         let Removed::Node { promoted } = self.table.remove(id) else {
             return None;
         };
-        let promoted = promoted.and_then(|next| {
-            self.table.get(&next).map(|addr| NodeInfo {
-                id: next,
-                addr: *addr,
-            })
-        });
+        let promoted =
+            promoted.and_then(|next| self.addr(&next).map(|addr| NodeInfo { id: next, addr }));
         Some(Departure {
             left: NodeInfo { id: *id, addr },
             promoted,
@@ -92,7 +134,7 @@ impl Peers {
 
     /// The address of `id`, if it is in a bucket.
     pub(crate) fn addr(&self, id: &NodeId) -> Option<SocketAddr> {
-        self.table.get(id).copied()
+        self.table.get(id).map(|k| k.addr)
     }
 
     /// The `n` closest nodes of the table to `target`, closest first.
@@ -100,9 +142,9 @@ impl Peers {
         self.table
             .closest(target, n)
             .into_iter()
-            .map(|(id, addr)| NodeInfo {
+            .map(|(id, known)| NodeInfo {
                 id: *id,
-                addr: *addr,
+                addr: known.addr,
             })
             .collect()
     }
@@ -122,9 +164,9 @@ impl Peers {
             .flat_map(|(_, nodes)| {
                 nodes
                     .into_iter()
-                    .map(|(id, addr)| NodeInfo {
+                    .map(|(id, known)| NodeInfo {
                         id: *id,
-                        addr: *addr,
+                        addr: known.addr,
                     })
                     .collect::<Vec<_>>()
             })
@@ -180,6 +222,7 @@ impl Peers {
     pub(crate) fn remember_seeds(&mut self, addrs: &[SocketAddr]) {
         for addr in addrs {
             if self.seeds.len() < MAX_BOOTSTRAP && !self.seeds.contains(addr) {
+                self.seeds.reserve_exact(1); // a node has one or a few: no room to spare
                 self.seeds.push(*addr);
             }
         }
@@ -187,6 +230,58 @@ impl Peers {
 
     pub(crate) fn seeds(&self) -> &[SocketAddr] {
         &self.seeds
+    }
+
+    // ---- health -----------------------------------------------------------------------------
+
+    /// Whether `id` failed of late and should not be asked or offered (see `health`).
+    pub(crate) fn is_suspect(&self, id: &NodeId, now: Time) -> bool {
+        self.health.is_suspect(id, now)
+    }
+
+    /// Whether `id` failed its last request and has not answered since (suspect or no longer).
+    pub(crate) fn failed_last(&self, id: &NodeId) -> bool {
+        self.health.failed_last(id)
+    }
+
+    /// Peers that failed of late and whose suspect time is up at `now`, each returned once, to
+    /// be asked again (those of the table).
+    pub(crate) fn due_probes(&mut self, now: Time) -> Vec<NodeId> {
+        self.health.due_probes(now)
+    }
+
+    /// `id` is being probed until `until`: suspect till then (its probe's outcome decides).
+    pub(crate) fn probing(&mut self, id: NodeId, until: Time) {
+        self.health.probing(&id, until);
+    }
+
+    /// How long to wait for `id`'s answer, at most `cap`.
+    pub(crate) fn timeout(&self, id: Option<&NodeId>, cap: Duration) -> Duration {
+        let rtt = id.and_then(|id| self.rtt_of(id));
+        self.health.timeout(id, rtt, cap)
+    }
+
+    /// When a lookup stops holding a slot for `id`'s answer (see `health`).
+    pub(crate) fn stall_after(&self, id: &NodeId, timeout: Duration) -> Option<Duration> {
+        self.health.stall_after(self.rtt_of(id), timeout)
+    }
+
+    /// `id`'s smoothed round-trip time, if it answered and is still remembered.
+    pub(crate) fn rtt(&self, id: &NodeId) -> Option<Duration> {
+        self.rtt_of(id).map(|rtt| rtt.srtt())
+    }
+
+    /// Peers suspect at `now`.
+    pub(crate) fn suspects(&self, now: Time) -> usize {
+        self.health.suspects(now)
+    }
+
+    fn rtt_of(&self, id: &NodeId) -> Option<Rtt> {
+        self.table
+            .get(id)
+            .or_else(|| self.table.replacement(id))
+            .map(|k| k.rtt)
+            .or_else(|| self.health.recent_rtt(id))
     }
 }
 
@@ -196,6 +291,11 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// `id` answers from `addr`, `ms` after the request.
+    fn answer(p: &mut Peers, id: NodeId, addr: SocketAddr, ms: u64) -> bool {
+        p.answered(id, addr, Duration::from_millis(ms), Time::ZERO)
     }
 
     fn peers() -> Peers {
@@ -215,9 +315,9 @@ mod tests {
         let a = NodeId([0x80; 32]);
         assert!(p.requested(a, addr(1)), "unknown: ping it back");
         assert!(!p.requested(a, addr(1)), "already being verified");
-        assert!(p.answered(a, addr(1)));
+        assert!(answer(&mut p, a, addr(1), 10));
         p.verified(&a);
-        assert!(!p.answered(a, addr(1)), "known: refreshed, not new");
+        assert!(!answer(&mut p, a, addr(1), 10), "known: refreshed, not new");
         assert!(!p.requested(a, addr(1)), "known at that address");
         assert!(p.requested(a, addr(2)), "known elsewhere: verified again");
         p.verified(&a);
@@ -243,7 +343,7 @@ mod tests {
         for (port, bucket) in [(1, 1), (2, 4), (3, 7)] {
             let mut id = [0; 32];
             id[0] = 0x80 >> bucket;
-            assert!(p.answered(NodeId(id), addr(port)));
+            assert!(answer(&mut p, NodeId(id), addr(port), 10));
         }
         // The two nearest are in buckets 7 and 4: buckets 0, 2 and 3 are empty for want of
         // knowing their nodes; 5 and 6, nearer, may be empty for want of nodes.
@@ -255,8 +355,11 @@ mod tests {
     fn an_unreachable_peer_leaves_and_its_replacement_moves_up() {
         let mut p = peers();
         let (a, b) = (NodeId([0x80; 32]), NodeId([0x81; 32]));
-        assert!(p.answered(a, addr(1)));
-        assert!(!p.answered(b, addr(2)), "bucket of one is full: b waits");
+        assert!(answer(&mut p, a, addr(1), 10));
+        assert!(
+            !answer(&mut p, b, addr(2), 10),
+            "bucket of one is full: b waits"
+        );
         let gone = p.unreachable(&a).unwrap();
         assert_eq!(
             gone.left,
@@ -290,5 +393,57 @@ mod tests {
         p.remember_seeds(&many);
         assert_eq!(p.seeds().len(), MAX_BOOTSTRAP);
         assert_eq!(p.seeds()[0], addr(0));
+    }
+
+    #[test]
+    fn round_trip_times_stay_with_the_table_and_past_its_replacement_caches() {
+        let mut p = peers();
+        let (a, b, c) = (NodeId([0x80; 32]), NodeId([0x81; 32]), NodeId([0x82; 32]));
+        assert!(answer(&mut p, a, addr(1), 10));
+        assert!(
+            !answer(&mut p, b, addr(2), 20),
+            "b waits in the replacement cache"
+        );
+        assert!(!answer(&mut p, c, addr(3), 30), "c takes its place there");
+        let ms = |p: &Peers, id| p.rtt(&id).map(|d| d.as_millis());
+        assert_eq!(
+            (ms(&p, a), ms(&p, b), ms(&p, c)),
+            (Some(10), Some(20), Some(30))
+        );
+        assert!(!answer(&mut p, b, addr(2), 60), "b back in the cache");
+        assert_eq!(
+            ms(&p, b),
+            Some(25),
+            "one more sample: 20 ms * 7/8 + 60 ms / 8"
+        );
+        let gone = p.unreachable(&a).unwrap();
+        assert_eq!(gone.promoted.map(|n| n.id), Some(b));
+        assert_eq!(ms(&p, b), Some(25), "promoted with it");
+        assert_eq!(ms(&p, c), Some(30), "let go of, still known");
+        assert_eq!(ms(&p, a), None, "it failed its way out: forgotten");
+        assert_eq!(
+            p.timeout(Some(&c), Duration::from_secs(2)),
+            Duration::from_millis(100),
+            "30 ms + 4 * 15 ms, at the floor"
+        );
+    }
+
+    #[test]
+    fn a_dead_peer_outside_the_table_stays_failed_while_many_others_come_and_go() {
+        let mut p = Peers::new(NodeId([0; 32]), TableConfig::default(), 2);
+        let dead = NodeId([0x42; 32]);
+        assert!(!p.failed(dead, Time::ZERO));
+        // Many more peers than any bound of remembered peers answer, all after it failed.
+        for n in 0..10_000u32 {
+            let mut id = [0x80; 32];
+            id[..4].copy_from_slice(&n.to_be_bytes());
+            let now = Time::from_millis(1 + u64::from(n) / 4);
+            p.answered(NodeId(id), addr(n as u16), Duration::from_millis(20), now);
+        }
+        assert!(p.is_suspect(&dead, Time::from_millis(4_000)));
+        assert_eq!(p.due_probes(Time::from_millis(5_000)), [dead]);
+        assert!(!p.is_suspect(&dead, Time::from_millis(5_000)));
+        assert!(p.failed_last(&dead), "not waited for by lookups");
+        assert!(p.timeout(Some(&dead), Duration::from_secs(2)) >= Duration::from_millis(200));
     }
 }
