@@ -391,6 +391,47 @@ fn peers_on_slow_links_are_not_taken_for_dead() {
 }
 
 #[test]
+fn a_peer_that_could_only_be_a_replacement_is_not_pinged_back() {
+    let (mut net, nodes) = network(config(4), 40);
+    let x = nodes[0];
+    let own = net.node(x).id();
+    let buckets: Vec<u32> = net
+        .node(x)
+        .dht
+        .peers()
+        .iter()
+        .map(|p| own.bucket_index(&p.id))
+        .collect();
+    assert_eq!(
+        buckets.iter().filter(|&&b| b == 0).count(),
+        4,
+        "bucket 0 is full"
+    );
+    let nearest = buckets.iter().max().copied().unwrap_or(0);
+    // Two newcomers ask x something: one in its full bucket 0, one nearer than any bucket it
+    // holds nodes in.
+    let newcomer = |net: &mut Network, fits: &dyn Fn(u32) -> bool| loop {
+        let keypair = net.keypair();
+        if fits(own.bucket_index(&keypair.node_id())) {
+            break net.add_node_with_key(keypair);
+        }
+    };
+    let far = newcomer(&mut net, &|b| b == 0);
+    let near = newcomer(&mut net, &|b| b > nearest);
+    let sent = |net: &Network| net.node(x).dht.status().stats.requests_sent;
+    let before = sent(&net);
+    net.inject(far, x, Request::Ping);
+    net.run_for(SECOND);
+    assert_eq!(sent(&net), before, "its bucket has no room: no ping back");
+    net.inject(near, x, Request::Ping);
+    net.run_for(SECOND);
+    assert_eq!(sent(&net), before + 1, "pinged back");
+    let peers = net.node(x).dht.peers();
+    assert!(peers.iter().any(|p| p.addr == addr_of(near)));
+    assert!(!peers.iter().any(|p| p.addr == addr_of(far)));
+}
+
+#[test]
 fn a_silent_peer_holds_a_lookup_only_as_long_as_it_takes_to_answer() {
     let mut config = config(3);
     config.dht.request_timeout = Duration::from_secs(30);

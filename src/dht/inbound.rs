@@ -33,8 +33,9 @@ impl<S: StoreAccess> Cx<'_, S> {
         }
     }
 
-    /// A peer sent us a request. Known at that address: refreshed. Otherwise it is pinged back
-    /// (at most `max_verifying` at once) and enters the table if it answers.
+    /// A peer sent us a request. Known at that address: refreshed. Otherwise, if its bucket has
+    /// room, it is pinged back (at most `max_verifying` at once) and enters the table if it
+    /// answers.
     fn observe_request(&mut self, from: NodeInfo) {
         if self.dht.peers.requested(from.id, from.addr) {
             let ping = Arc::new(Request::Ping);

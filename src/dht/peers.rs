@@ -3,9 +3,9 @@
 //!
 //! A peer that answers one of our requests is proven (the transport checked its id against its
 //! key, and it answered at that address), so it enters the table at once. A peer that only sends
-//! us a request is pinged back first: one-shot clients (`rust-node discover`) talk to us from
-//! ports that close a moment later, and must not sit in our buckets until a lookup times out on
-//! them. A peer that fails a request for a liveness reason (timeout, unreachable, another node at
+//! us a request is pinged back first, if its bucket has room: one-shot clients (`rust-node
+//! discover`) talk to us from ports that close a moment later, and must not sit in our buckets
+//! until a lookup times out on them. A peer that fails a request for a liveness reason (timeout, unreachable, another node at
 //! its address) leaves the table, and the bucket's most recent replacement moves up.
 //!
 //! A peer's id is kept once: its address and round-trip time live in its table entry (in a
@@ -88,15 +88,21 @@ impl Peers {
     }
 
     /// A peer sent us a request from `addr`. Known at that address: refreshed, and false.
-    /// Otherwise true when it should be pinged back now (it is not being verified already, and
-    /// fewer than `max_verifying` are); the caller reports the ping's end with
-    /// [`Peers::verified`].
+    /// Otherwise true when it should be pinged back now (its bucket has room for it, it is not
+    /// being verified already, and fewer than `max_verifying` are); the caller reports the
+    /// ping's end with [`Peers::verified`]. A peer whose bucket is full is not pinged: it could
+    /// only enter a replacement cache, which the answers to this node's own requests fill, and
+    /// in a large network most requests come from such peers (at 100 k nodes, pings back to
+    /// them were most of all requests).
     pub(crate) fn requested(&mut self, id: NodeId, addr: SocketAddr) -> bool {
         if let Some(known) = self.table.get(&id).filter(|k| k.addr == addr).copied() {
             self.table.insert(id, known);
             return false;
         }
-        if self.verifying.len() >= self.max_verifying || self.verifying.contains(&id) {
+        if !self.table.has_room(&id)
+            || self.verifying.len() >= self.max_verifying
+            || self.verifying.contains(&id)
+        {
             return false;
         }
         self.verifying.push(id);
@@ -319,6 +325,10 @@ mod tests {
         p.verified(&a);
         assert!(!answer(&mut p, a, addr(1), 10), "known: refreshed, not new");
         assert!(!p.requested(a, addr(1)), "known at that address");
+        assert!(
+            !p.requested(NodeId([0x81; 32]), addr(6)),
+            "a's bucket of one is full: it could only be a replacement"
+        );
         assert!(p.requested(a, addr(2)), "known elsewhere: verified again");
         p.verified(&a);
         assert!(p.requested(NodeId([1; 32]), addr(3)));
