@@ -101,6 +101,9 @@ pub struct Lookup<A> {
     /// Ascending distance to the target; distinct ids (XOR with the target is a bijection, so
     /// distinct distances too). Failed peers are removed. At most `config.max_candidates`.
     candidates: Vec<Candidate<A>>,
+    /// The distance of each candidate, in the same order: what a binary search reads, packed
+    /// apart from the rest (the hot path of a lookup is that search).
+    distances: Vec<(u128, u128)>,
     /// Ids never to be added again: every peer queried, and every candidate reported failed.
     /// At most `max_queries` + the candidates reported failed before being queried.
     excluded: HashSet<NodeId>,
@@ -121,9 +124,6 @@ pub struct Lookup<A> {
 #[derive(Debug, Clone)]
 struct Candidate<A> {
     id: NodeId,
-    /// XOR distance to the target as two big-endian halves: ordered like [`Distance`], compared
-    /// without a `memcmp` call (the hot path of a lookup is the binary search over these).
-    distance: (u128, u128),
     addr: A,
     state: State,
     /// 1 for a seed, else 1 + the hop of the peer whose answer introduced it first.
@@ -156,6 +156,7 @@ impl<A: Clone> Lookup<A> {
         let mut lookup = Lookup {
             target,
             candidates: Vec::with_capacity(config.max_candidates + 1),
+            distances: Vec::with_capacity(config.max_candidates + 1),
             config,
             excluded: HashSet::new(),
             in_flight: 0,
@@ -299,7 +300,7 @@ impl<A: Clone> Lookup<A> {
                 self.excluded.insert(c.id);
             }
         }
-        self.candidates.remove(at);
+        self.remove(at);
     }
 
     /// `peer`'s query is out longer than that peer usually takes to answer: its slot goes to the
@@ -424,10 +425,14 @@ impl<A: Clone> Lookup<A> {
     }
 
     fn position(&self, id: &NodeId) -> Option<usize> {
-        let distance = key(&id.distance(&self.target));
-        self.candidates
-            .binary_search_by(|c| c.distance.cmp(&distance))
+        self.distances
+            .binary_search(&key(&id.distance(&self.target)))
             .ok()
+    }
+
+    fn remove(&mut self, at: usize) {
+        self.candidates.remove(at);
+        self.distances.remove(at);
     }
 
     /// Adds a candidate unless it is the local id, already known, queried or failed; then keeps
@@ -437,10 +442,7 @@ impl<A: Clone> Lookup<A> {
         // Known candidates are the common case in a converging lookup: rule them out first. A
         // shorter chain of answers to a known one lowers its hop (answers come in the order of
         // their round trips, not of their chains).
-        let at = match self
-            .candidates
-            .binary_search_by(|c| c.distance.cmp(&distance))
-        {
+        let at = match self.distances.binary_search(&distance) {
             Ok(known) => {
                 if let Some(c) = self.candidates.get_mut(known) {
                     c.hop = c.hop.min(hop);
@@ -452,16 +454,14 @@ impl<A: Clone> Lookup<A> {
         if self.config.local == Some(id) || self.excluded.contains(&id) {
             return;
         }
-        self.candidates.insert(
-            at,
-            Candidate {
-                id,
-                distance,
-                addr,
-                state: State::Waiting,
-                hop,
-            },
-        );
+        let candidate = Candidate {
+            id,
+            addr,
+            state: State::Waiting,
+            hop,
+        };
+        self.candidates.insert(at, candidate);
+        self.distances.insert(at, distance);
         if self.candidates.len() > self.config.max_candidates {
             self.evict_one();
         }
@@ -496,7 +496,7 @@ impl<A: Clone> Lookup<A> {
             })
             .map(|(i, _)| i);
         if let Some(i) = victim {
-            self.candidates.remove(i);
+            self.remove(i);
         }
     }
 }

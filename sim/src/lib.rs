@@ -26,12 +26,12 @@
 
 mod churn;
 mod link;
+mod queue;
 mod report;
 mod rng;
 mod scenario;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +41,8 @@ use macula_dht::record::{service_key, Advertisement, Provider};
 use macula_dht::seal::Keypair;
 use macula_dht::wire::{NodeInfo, Request, Response};
 use macula_dht::{Dht, DhtConfig, NodeId, OpId, ProviderStore, RpcId, StoreLimits, Time};
+
+use queue::Queue;
 
 pub use churn::Sessions;
 pub use link::Links;
@@ -87,8 +89,6 @@ pub struct SimNode {
     /// Its provider store.
     pub store: ProviderStore,
     alive: bool,
-    /// The wake-up scheduled for it, if any (others in the queue are stale).
-    wake: Option<Time>,
     /// Wake-ups in a row at one instant: a node whose deadline does not move on would spin.
     woken_at: (Time, u32),
     /// Withdrawals that must end before a leaving node goes.
@@ -129,34 +129,6 @@ pub struct NetStats {
 }
 
 #[derive(Debug)]
-struct Scheduled {
-    at: Time,
-    /// Order of scheduling: what is due at the same time is delivered in this order.
-    seq: u64,
-    delivery: Delivery,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-
-impl Eq for Scheduled {}
-
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
-
-#[derive(Debug)]
 enum Delivery {
     Request {
         from: usize,
@@ -183,7 +155,13 @@ pub struct Network {
     now: Time,
     rng: Rng,
     nodes: Vec<SimNode>,
-    queue: BinaryHeap<Reverse<Scheduled>>,
+    /// Each node's id, and the wake-up scheduled for it, if any (others in the queue are
+    /// stale): what each delivery reads of nodes it does not otherwise touch, packed apart from
+    /// the nodes' state.
+    ids: Vec<NodeId>,
+    wakes: Vec<Option<Time>>,
+    queue: Queue<Delivery>,
+    /// Order of scheduling: what is due at the same time is delivered in this order.
     seq: u64,
     outcomes: BTreeMap<(usize, OpId), Outcome>,
     /// Pairs of nodes whose messages to each other are lost (a partition), lower index first.
@@ -201,7 +179,9 @@ impl Network {
             config,
             now: Time::from_millis(1_000),
             nodes: Vec::new(),
-            queue: BinaryHeap::new(),
+            ids: Vec::new(),
+            wakes: Vec::new(),
+            queue: Queue::new(),
             seq: 0,
             outcomes: BTreeMap::new(),
             cuts: BTreeSet::new(),
@@ -280,11 +260,12 @@ impl Network {
             seed,
         )
         .expect("the simulation's DhtConfig is valid");
+        self.ids.push(dht.id());
+        self.wakes.push(None);
         self.nodes.push(SimNode {
             dht,
             store: ProviderStore::new(self.config.store.clone()),
             alive: true,
-            wake: None,
             woken_at: (Time::ZERO, 0),
             leaving: None,
         });
@@ -304,7 +285,7 @@ impl Network {
     /// inspection.
     pub fn crash(&mut self, i: usize) {
         self.nodes[i].alive = false;
-        self.nodes[i].wake = None;
+        self.wakes[i] = None;
     }
 
     /// From now on, every message between `a` and `b` is lost, until [`Network::heal`].
@@ -321,16 +302,13 @@ impl Network {
     /// for tests of what a node does with a request a peer may send at any time.
     pub fn inject(&mut self, from: usize, to: usize, request: Request) {
         self.seq += 1;
-        self.queue.push(Reverse(Scheduled {
-            at: self.now,
-            seq: self.seq,
-            delivery: Delivery::Request {
-                from,
-                to,
-                rpc: None,
-                request: Arc::new(request),
-            },
-        }));
+        let delivery = Delivery::Request {
+            from,
+            to,
+            rpc: None,
+            request: Arc::new(request),
+        };
+        self.queue.push(self.now, self.seq, delivery);
     }
 
     /// The running nodes that hold a live provider under `key`.
@@ -516,16 +494,16 @@ impl Network {
     }
 
     fn next_at(&self) -> Option<Time> {
-        self.queue.peek().map(|Reverse(s)| s.at)
+        self.queue.next_at()
     }
 
     /// Delivers the next scheduled thing, at `at`.
     fn step(&mut self, at: Time) {
-        let Some(Reverse(next)) = self.queue.pop() else {
+        let Some((due, delivery)) = self.queue.pop() else {
             return;
         };
         self.now = at.max(self.now);
-        match next.delivery {
+        match delivery {
             Delivery::Request {
                 from,
                 to,
@@ -539,7 +517,7 @@ impl Network {
                 response,
             } => {
                 if self.nodes[to].alive {
-                    let from = self.nodes[from].id();
+                    let from = self.ids[from];
                     let now = self.now;
                     let node = &mut self.nodes[to];
                     let reply = Reply::Answered {
@@ -551,19 +529,18 @@ impl Network {
                 }
             }
             Delivery::Wake { node } => {
-                let n = &mut self.nodes[node];
-                if n.alive && n.wake == Some(next.at) {
-                    n.wake = None;
+                if self.wakes[node] == Some(due) && self.nodes[node].alive {
+                    self.wakes[node] = None;
+                    let n = &mut self.nodes[node];
                     n.woken_at = match n.woken_at {
-                        (at, count) if at == next.at => (at, count + 1),
-                        _ => (next.at, 1),
+                        (at, count) if at == due => (at, count + 1),
+                        _ => (due, 1),
                     };
                     assert!(
                         n.woken_at.1 < MAX_WAKES_AT_ONCE,
-                        "node {node} asks to be woken at {:?} again and again: a deadline that does not move on",
-                        next.at
+                        "node {node} asks to be woken at {due:?} again and again: a deadline that does not move on",
                     );
-                    n.dht.handle_timeout(&mut n.store, next.at);
+                    n.dht.handle_timeout(&mut n.store, due);
                     self.after_input(node);
                 }
             }
@@ -582,7 +559,7 @@ impl Network {
             return;
         }
         let sender = NodeInfo {
-            id: self.nodes[from].id(),
+            id: self.ids[from],
             addr: addr_of(from),
         };
         let now = self.now;
@@ -596,20 +573,17 @@ impl Network {
             return;
         };
         self.stats.replies += 1;
-        self.transmit(to, from, |at, seq| Scheduled {
-            at,
-            seq,
-            delivery: Delivery::Reply {
-                from: to,
-                to: from,
-                rpc,
-                response,
-            },
-        });
+        let reply = Delivery::Reply {
+            from: to,
+            to: from,
+            rpc,
+            response,
+        };
+        self.transmit(to, from, reply);
     }
 
     /// Schedules a message from `from` to `to` after their one-way latency, unless it is lost.
-    fn transmit(&mut self, from: usize, to: usize, message: impl FnOnce(Time, u64) -> Scheduled) {
+    fn transmit(&mut self, from: usize, to: usize, delivery: Delivery) {
         if self.config.links.lost(&mut self.rng)
             || self.cuts.contains(&(from.min(to), from.max(to)))
         {
@@ -618,7 +592,7 @@ impl Network {
         }
         let at = self.now + self.config.links.rtt(self.config.seed, from, to) / 2;
         self.seq += 1;
-        self.queue.push(Reverse(message(at, self.seq)));
+        self.queue.push(at, self.seq, delivery);
     }
 
     /// Carries out what node `i` asks for after an input, and schedules its next wake-up.
@@ -630,18 +604,13 @@ impl Network {
                     let Some(to) = index_of(out.addr).filter(|&to| to < self.nodes.len()) else {
                         continue; // nobody there: it times out
                     };
-                    let rpc = out.rpc;
-                    let request = out.request;
-                    self.transmit(i, to, |at, seq| Scheduled {
-                        at,
-                        seq,
-                        delivery: Delivery::Request {
-                            from: i,
-                            to,
-                            rpc: Some(rpc),
-                            request,
-                        },
-                    });
+                    let request = Delivery::Request {
+                        from: i,
+                        to,
+                        rpc: Some(out.rpc),
+                        request: out.request,
+                    };
+                    self.transmit(i, to, request);
                 }
                 // The reply, when it comes, is ignored by the engine.
                 Action::Cancel(_) => {}
@@ -655,20 +624,17 @@ impl Network {
                 }
             }
         }
-        let node = &mut self.nodes[i];
+        let node = &self.nodes[i];
         if !node.alive {
             return;
         }
         let wake = node.dht.poll_timeout();
-        if wake != node.wake {
-            node.wake = wake;
+        if wake != self.wakes[i] {
+            self.wakes[i] = wake;
             if let Some(at) = wake {
                 self.seq += 1;
-                self.queue.push(Reverse(Scheduled {
-                    at: at.max(self.now),
-                    seq: self.seq,
-                    delivery: Delivery::Wake { node: i },
-                }));
+                let at = at.max(self.now);
+                self.queue.push(at, self.seq, Delivery::Wake { node: i });
             }
         }
     }

@@ -497,7 +497,7 @@ impl<S: StoreAccess> Cx<'_, S> {
                 reply,
             },
         );
-        ops.lookup_deadlines.insert((deadline, op));
+        ops.lookup_deadlines.insert(deadline, op);
         if ops.lookups_running < self.dht.config.max_lookups {
             self.run_lookup(op);
         } else if ops.queued.len() < self.dht.config.max_queued_lookups {
@@ -665,7 +665,7 @@ impl<S: StoreAccess> Cx<'_, S> {
             return;
         };
         let state = *state;
-        self.dht.ops.lookup_deadlines.remove(&(state.deadline, op));
+        self.dht.ops.lookup_deadlines.remove(state.deadline, op);
         // Answers still on their way are not needed any more: the host may stop those requests.
         // A late one (stalled or unawaited) runs on to its deadline, unwaited for: whether its
         // peer answers late or not at all is how a dead peer comes to be suspect.
