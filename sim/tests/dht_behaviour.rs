@@ -9,7 +9,7 @@ use macula_dht::dht::{Outcome, Started};
 use macula_dht::record::service_key;
 use macula_dht::seal::Keypair;
 use macula_dht::wire::{Request, SealedRecord};
-use macula_dht::{DhtConfig, NodeId};
+use macula_dht::{DhtConfig, NodeId, Time};
 use macula_dht_sim::{addr_of, Links, Network, SimConfig};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -429,6 +429,47 @@ fn a_peer_that_could_only_be_a_replacement_is_not_pinged_back() {
     let peers = net.node(x).dht.peers();
     assert!(peers.iter().any(|p| p.addr == addr_of(near)));
     assert!(!peers.iter().any(|p| p.addr == addr_of(far)));
+}
+
+/// Lookups node `i` ran (and ended) so far.
+fn lookups_run(net: &Network, i: usize) -> u64 {
+    net.node(i).dht.status().stats.lookups
+}
+
+#[test]
+fn a_refresh_leaves_out_the_buckets_other_lookups_went_through_within_its_interval() {
+    // 100 nodes, the n-th one added at 1 s + n * 200 ms, each refreshing every 60 s from then:
+    // nodes 50 and 51 at 71 s, 131 s, 191 s and 71.2 s, 131.2 s, 191.2 s.
+    let (mut net, nodes) = network(config(4), 100);
+    let (busy, idle) = (nodes[50], nodes[51]);
+    assert_eq!(net.now(), Time::from_millis(111_000));
+    // At 111 s, node 50 looks up its own id and an id in each bucket it may refresh (its id with
+    // bit i flipped is in bucket i).
+    let own = net.node(busy).id();
+    for index in 0..32 {
+        let mut target = own;
+        target.0[index / 8] ^= 0x80 >> (index % 8);
+        find_node(&mut net, busy, target);
+    }
+    find_node(&mut net, busy, own);
+    net.run_for(Time::from_millis(125_000).since(net.now()));
+    let before = (lookups_run(&net, busy), lookups_run(&net, idle));
+    net.run_for(15 * SECOND);
+    assert_eq!(
+        lookups_run(&net, busy),
+        before.0,
+        "node 50's refresh at 131 s had nothing left to look up"
+    );
+    assert_eq!(
+        lookups_run(&net, idle),
+        before.1 + 5,
+        "node 51's refresh at 131.2 s looked up its own id and 4 buckets"
+    );
+    // 80 s after its lookups, node 50's next refresh does the work; node 51's does again what
+    // its refresh did a minute before.
+    net.run_for(60 * SECOND);
+    assert_eq!(lookups_run(&net, busy), before.0 + 5);
+    assert_eq!(lookups_run(&net, idle), before.1 + 10);
 }
 
 #[test]

@@ -61,8 +61,9 @@ pub(crate) enum AfterLookup {
     Rejoin,
     /// The closest nodes found get a STORE or REMOVE.
     Replicate(Replication),
-    /// A bucket refresh: more targets to look up, last first.
-    Refresh { rest: Vec<NodeId> },
+    /// A bucket refresh (`periodic`), or a join's lookups of its far buckets: more targets to
+    /// look up, last first.
+    Refresh { rest: Vec<NodeId>, periodic: bool },
 }
 
 /// What a contact is for.
@@ -710,6 +711,11 @@ impl<S: StoreAccess> Cx<'_, S> {
             timed_out,
         };
         self.record_lookup(state.kind, target, &report);
+        let periodic = matches!(state.then, AfterLookup::Refresh { periodic: true, .. });
+        if report.answered > 0 && !periodic {
+            let own = self.dht.id;
+            self.dht.timers.looked_up.note(&own, &target, self.now);
+        }
         match state.then {
             AfterLookup::Report => {
                 if reply {
@@ -740,9 +746,9 @@ impl<S: StoreAccess> Cx<'_, S> {
             AfterLookup::Replicate(replication) => {
                 self.fanout(op, replication, report.closest, reply);
             }
-            AfterLookup::Refresh { mut rest } => match rest.pop() {
+            AfterLookup::Refresh { mut rest, periodic } => match rest.pop() {
                 Some(target) => {
-                    let then = AfterLookup::Refresh { rest };
+                    let then = AfterLookup::Refresh { rest, periodic };
                     self.lookup(op, target, Request::FindNode { target }, None, then, false);
                 }
                 None => self.dht.timers.refreshing = false,

@@ -7,7 +7,9 @@
 //! a few others that know no one else either); otherwise it looks up the node's own id and a
 //! random id in each of the next `refresh_buckets` buckets (round robin from the farthest to the
 //! nearest non-empty one). Lookups meet the peers in those ranges, which
-//! refreshes them, finds newcomers and drops the dead. One refresh runs at a time.
+//! refreshes them, finds newcomers and drops the dead. One refresh runs at a time. As in
+//! Kademlia, a bucket (or the own id) that another lookup went through within the last
+//! `refresh_interval` is not looked up again: that lookup did the refresh's work.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use super::adverts::Command;
 use super::flows::{AfterContact, AfterLookup, Origin};
 use super::ops::Purpose;
 use super::{Cx, DhtConfig, Reply, StoreAccess};
+use crate::id::ID_BITS;
 use crate::time::Time;
 use crate::wire::Request;
 use crate::{Failure, FailureKind, NodeId};
@@ -37,6 +40,42 @@ pub(crate) struct Timers {
     pub refreshing: bool,
     rejoin_at: Option<Time>,
     rejoin_delay: Duration,
+    /// When lookups other than the refresh's own last went through each bucket.
+    pub looked_up: LookedUp,
+}
+
+/// When a lookup last went through each bucket, and through the node's own id: the last time
+/// one with its target there got an answer. The periodic refresh's own lookups are not noted,
+/// so that each refresh does the work the previous one did, unless other lookups did it.
+#[derive(Debug, Default)]
+pub(crate) struct LookedUp {
+    /// By bucket index, as far as the farthest index noted (at most [`ID_BITS`]).
+    buckets: Vec<Option<Time>>,
+    own: Option<Time>,
+}
+
+impl LookedUp {
+    /// A lookup of `target` by the node `own` got an answer at `now`.
+    pub(crate) fn note(&mut self, own: &NodeId, target: &NodeId, now: Time) {
+        let index = own.bucket_index(target) as usize;
+        if index >= ID_BITS {
+            self.own = Some(now);
+            return;
+        }
+        if self.buckets.len() <= index {
+            self.buckets.resize(index + 1, None);
+        }
+        self.buckets[index] = Some(now);
+    }
+
+    /// Whether a lookup went through bucket `index` (`None`: the own id) less than `within` ago.
+    fn recent(&self, index: Option<usize>, now: Time, within: Duration) -> bool {
+        let at = match index {
+            Some(index) => self.buckets.get(index).copied().flatten(),
+            None => self.own,
+        };
+        at.is_some_and(|at| now.since(at) < within)
+    }
 }
 
 impl Timers {
@@ -48,6 +87,7 @@ impl Timers {
             refreshing: false,
             rejoin_at: None,
             rejoin_delay: FIRST_REJOIN,
+            looked_up: LookedUp::default(),
         }
     }
 
@@ -199,7 +239,7 @@ impl<S: StoreAccess> Cx<'_, S> {
             .collect();
         // Taken from the end: the farthest bucket first.
         if let Some(first) = targets.pop() {
-            self.look_up_in_turn(first, targets);
+            self.look_up_in_turn(first, targets, false);
         }
     }
 
@@ -220,24 +260,33 @@ impl<S: StoreAccess> Cx<'_, S> {
             return;
         }
         let own = self.dht.id;
+        let (now, within) = (self.now, self.dht.config.refresh_interval);
         let buckets = self.dht.peers.nearest_bucket() as usize + 1;
         let mut targets = Vec::with_capacity(self.dht.config.refresh_buckets + 1);
         for _ in 0..self.dht.config.refresh_buckets {
             let index = self.dht.timers.refresh_cursor % buckets;
             self.dht.timers.refresh_cursor = self.dht.timers.refresh_cursor.wrapping_add(1);
-            targets.push(self.dht.rng.id_in_bucket(&own, index));
+            if !self.dht.timers.looked_up.recent(Some(index), now, within) {
+                targets.push(self.dht.rng.id_in_bucket(&own, index));
+            }
         }
         // Looked up last first: the own id, then the buckets in cursor order.
         targets.reverse();
-        self.look_up_in_turn(own, targets);
+        if !self.dht.timers.looked_up.recent(None, now, within) {
+            targets.push(own);
+        }
+        if let Some(first) = targets.pop() {
+            self.look_up_in_turn(first, targets, true);
+        }
     }
 
     /// A refresh: FIND_NODE of `first`, then of each of `rest` from its end, one after the
-    /// other; `refreshing` until the last ends.
-    fn look_up_in_turn(&mut self, first: NodeId, rest: Vec<NodeId>) {
+    /// other; `refreshing` until the last ends. `periodic`: the periodic refresh's (see
+    /// [`LookedUp`]).
+    fn look_up_in_turn(&mut self, first: NodeId, rest: Vec<NodeId>, periodic: bool) {
         self.dht.timers.refreshing = true;
         let op = self.dht.ops.next_op();
-        let then = AfterLookup::Refresh { rest };
+        let then = AfterLookup::Refresh { rest, periodic };
         let request = Request::FindNode { target: first };
         self.lookup(op, first, request, None, then, false);
     }
