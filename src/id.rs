@@ -4,6 +4,8 @@
 //! XOR distance, so the contract's rules live here once: how an arbitrary binary becomes a 256-bit
 //! id, how distance is ordered, and which k-bucket an id falls into.
 
+use std::cmp::Ordering;
+
 use sha2::{Digest, Sha256};
 
 /// Length of a node id in bytes (256 bits).
@@ -12,14 +14,51 @@ pub const ID_LEN: usize = 32;
 /// Number of bits in a node id.
 pub const ID_BITS: usize = ID_LEN * 8;
 
-/// A normalised 256-bit node id.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+/// A normalised 256-bit node id, ordered byte-wise.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct NodeId(pub [u8; ID_LEN]);
 
-/// XOR distance between two ids: a big-endian unsigned number, so the derived byte-wise order is
-/// the numeric order.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+/// XOR distance between two ids: a big-endian unsigned number, so the byte-wise order is the
+/// numeric order.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Distance(pub [u8; ID_LEN]);
+
+/// 32 bytes as two big-endian `u128` halves, which order exactly as the bytes do. Ids and
+/// distances are compared this way rather than by the derived order, which calls `memcmp`: their
+/// comparisons (routing table searches, sorts by distance) took a quarter of a simulation's time.
+pub(crate) fn halves(bytes: &[u8; ID_LEN]) -> (u128, u128) {
+    let mut hi = [0u8; 16];
+    let mut lo = [0u8; 16];
+    hi.copy_from_slice(&bytes[..16]);
+    lo.copy_from_slice(&bytes[16..]);
+    (u128::from_be_bytes(hi), u128::from_be_bytes(lo))
+}
+// The slices above are exactly the two halves of an id: checked at compile time.
+const _: () = assert!(ID_LEN == 32);
+
+impl Ord for NodeId {
+    fn cmp(&self, other: &Self) -> Ordering {
+        halves(&self.0).cmp(&halves(&other.0))
+    }
+}
+
+impl PartialOrd for NodeId {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Distance {
+    fn cmp(&self, other: &Self) -> Ordering {
+        halves(&self.0).cmp(&halves(&other.0))
+    }
+}
+
+impl PartialOrd for Distance {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl NodeId {
     /// The contract's normalisation: 32 bytes are taken as they are; exactly 64 ASCII hex chars
@@ -132,6 +171,25 @@ mod tests {
         assert_eq!(Distance(last).leading_zeros(), 255);
         assert_eq!(id(0x40).bucket_index(&id(0x40)), 256);
         assert_eq!(id(0x40).bucket_index(&id(0x60)), 2);
+    }
+
+    #[test]
+    fn ids_and_distances_order_as_their_bytes() {
+        // Ids differing in each byte position, both ways, and equal ones.
+        let mut ids = vec![NodeId([0; ID_LEN]), NodeId([0xff; ID_LEN])];
+        for at in 0..ID_LEN {
+            for byte in [0x01, 0x80, 0xff] {
+                let mut b = [0x5a; ID_LEN];
+                b[at] = byte;
+                ids.push(NodeId(b));
+            }
+        }
+        for a in &ids {
+            for b in &ids {
+                assert_eq!(a.cmp(b), a.0.cmp(&b.0), "{a:?} against {b:?}");
+                assert_eq!(Distance(a.0).cmp(&Distance(b.0)), a.0.cmp(&b.0));
+            }
+        }
     }
 
     #[test]

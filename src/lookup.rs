@@ -19,7 +19,7 @@
 
 use hashbrown::HashSet;
 
-use crate::id::{Distance, NodeId, ID_LEN};
+use crate::id::{halves, Distance, NodeId};
 
 /// Parameters of one [`Lookup`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -502,19 +502,14 @@ impl<A: Clone> Lookup<A> {
 }
 
 /// A distance as two big-endian `u128` halves, which order exactly as its bytes do.
-// The slices below are exactly the two halves of an id: checked at compile time.
-const _: () = assert!(ID_LEN == 32);
 fn key(d: &Distance) -> (u128, u128) {
-    let mut hi = [0u8; 16];
-    let mut lo = [0u8; 16];
-    hi.copy_from_slice(&d.0[..16]);
-    lo.copy_from_slice(&d.0[16..]);
-    (u128::from_be_bytes(hi), u128::from_be_bytes(lo))
+    halves(&d.0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::id::ID_LEN;
 
     /// An id at distance `d` (big-endian in the last 8 bytes) from the zero target.
     fn id(d: u64) -> NodeId {
