@@ -36,29 +36,24 @@ pub(crate) fn halves(bytes: &[u8; ID_LEN]) -> (u128, u128) {
 // The slices above are exactly the two halves of an id: checked at compile time.
 const _: () = assert!(ID_LEN == 32);
 
-impl Ord for NodeId {
-    fn cmp(&self, other: &Self) -> Ordering {
-        halves(&self.0).cmp(&halves(&other.0))
-    }
+/// Orders 32-byte newtypes by their [`halves`].
+macro_rules! ordered_by_halves {
+    ($($t:ty),*) => {$(
+        impl Ord for $t {
+            fn cmp(&self, other: &Self) -> Ordering {
+                halves(&self.0).cmp(&halves(&other.0))
+            }
+        }
+
+        impl PartialOrd for $t {
+            fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+    )*};
 }
 
-impl PartialOrd for NodeId {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Distance {
-    fn cmp(&self, other: &Self) -> Ordering {
-        halves(&self.0).cmp(&halves(&other.0))
-    }
-}
-
-impl PartialOrd for Distance {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
+ordered_by_halves!(NodeId, Distance);
 
 impl NodeId {
     /// The contract's normalisation: 32 bytes are taken as they are; exactly 64 ASCII hex chars
