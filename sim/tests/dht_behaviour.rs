@@ -315,6 +315,13 @@ fn lookups_drop_dead_peers_from_the_table_and_then_find_the_live_closest() {
     }
 }
 
+/// The bucket of each peer in node `i`'s routing table.
+fn buckets_used(net: &Network, i: usize) -> Vec<u32> {
+    let own = net.node(i).id();
+    let peers = net.node(i).dht.peers();
+    peers.iter().map(|p| own.bucket_index(&p.id)).collect()
+}
+
 #[test]
 fn nodes_that_all_join_through_one_learn_the_far_parts_of_the_network() {
     let mut config = config(8);
@@ -333,14 +340,7 @@ fn nodes_that_all_join_through_one_learn_the_far_parts_of_the_network() {
     // Every node knows someone in each half of the network, and in each quarter: from any of
     // them, a lookup of any id ends at the closest node.
     for &i in &nodes {
-        let own = net.node(i).id();
-        let used: Vec<u32> = net
-            .node(i)
-            .dht
-            .peers()
-            .iter()
-            .map(|p| own.bucket_index(&p.id))
-            .collect();
+        let used = buckets_used(&net, i);
         assert!(
             used.contains(&0) && used.contains(&1),
             "node {i} knows buckets {used:?}"
@@ -395,13 +395,7 @@ fn a_peer_that_could_only_be_a_replacement_is_not_pinged_back() {
     let (mut net, nodes) = network(config(4), 40);
     let x = nodes[0];
     let own = net.node(x).id();
-    let buckets: Vec<u32> = net
-        .node(x)
-        .dht
-        .peers()
-        .iter()
-        .map(|p| own.bucket_index(&p.id))
-        .collect();
+    let buckets = buckets_used(&net, x);
     assert_eq!(
         buckets.iter().filter(|&&b| b == 0).count(),
         4,
