@@ -90,11 +90,10 @@ async fn peers_store_into_the_hosts_store_and_the_host_hears_peers_and_lookups()
     ));
     let (node, events) = hosted(fast_config(), store.clone()).await;
     node.bootstrap(&[net.bootstrap_addr()]).await.unwrap();
-    assert_eq!(
-        count(&events, |e| matches!(e, Event::PeerUp(_))),
-        3,
-        "each peer is announced once"
-    );
+    // A peer whose answer to the join's lookup came late (a busy machine) is announced when it
+    // comes, possibly after the join returned.
+    let peers_up = || count(&events, |e| matches!(e, Event::PeerUp(_)));
+    assert!(eventually(WITHIN, || std::future::ready(peers_up() == 3)).await);
     assert!(
         count(
             &events,
@@ -133,6 +132,7 @@ async fn peers_store_into_the_hosts_store_and_the_host_hears_peers_and_lookups()
     // A peer that stops answering is suspect once a request to it fails, and leaves the table
     // after it also fails the probes sent after each suspect period (5 s, then 10 s); the host
     // hears it.
+    assert_eq!(peers_up(), 3, "each peer is announced once");
     let gone = net.node(2).unwrap().id();
     let mut net = net;
     net.stop(2).await;
