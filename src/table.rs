@@ -171,13 +171,11 @@ impl<T> RoutingTable<T> {
         Removed::Node { promoted: Some(id) }
     }
 
-    /// Whether `id` is in its bucket, or its bucket has room for it: a full bucket would keep
-    /// a newcomer only in its replacement cache.
-    pub fn has_room(&self, id: &NodeId) -> bool {
+    /// Whether the bucket of `id` holds fewer than `k` nodes: a full bucket would keep a
+    /// newcomer only in its replacement cache.
+    pub fn bucket_has_room(&self, id: &NodeId) -> bool {
         let index = self.local.bucket_index(id) as usize;
-        index < ID_BITS
-            && (find(&self.nodes, id).is_some()
-                || bucket_run(&self.local, &self.nodes, index).len() < self.config.k)
+        index < ID_BITS && bucket_run(&self.local, &self.nodes, index).len() < self.config.k
     }
 
     /// Info of a node in a bucket (not of the replacement caches).

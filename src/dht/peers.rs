@@ -95,14 +95,14 @@ impl Peers {
     /// in a large network most requests come from such peers (at 100 k nodes, pings back to
     /// them were most of all requests).
     pub(crate) fn requested(&mut self, id: NodeId, addr: SocketAddr) -> bool {
-        if let Some(known) = self.table.get(&id).filter(|k| k.addr == addr).copied() {
+        let known = self.table.get(&id).copied();
+        if let Some(known) = known.filter(|k| k.addr == addr) {
             self.table.insert(id, known);
             return false;
         }
-        if !self.table.has_room(&id)
-            || self.verifying.len() >= self.max_verifying
-            || self.verifying.contains(&id)
-        {
+        // Known at another address: verified there, in its own slot.
+        let room = known.is_some() || self.table.bucket_has_room(&id);
+        if !room || self.verifying.len() >= self.max_verifying || self.verifying.contains(&id) {
             return false;
         }
         self.verifying.push(id);
