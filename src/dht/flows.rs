@@ -168,14 +168,11 @@ impl<S: StoreAccess> Cx<'_, S> {
         purpose: Purpose,
     ) -> Option<RpcId> {
         let rpc_id = self.dht.ops.next_rpc();
-        let timeout = self
-            .dht
-            .peers
-            .timeout(to.as_ref(), self.dht.config.request_timeout);
-        let stall_after = match (&purpose, to) {
-            (Purpose::Lookup(_), Some(id)) => self.dht.peers.stall_after(&id, timeout),
-            _ => None,
-        };
+        let lookup = matches!(purpose, Purpose::Lookup(_));
+        let (timeout, stall_after) =
+            self.dht
+                .peers
+                .timeout(to.as_ref(), self.dht.config.request_timeout, lookup);
         let rpc = Rpc {
             id: rpc_id,
             to,

@@ -5,8 +5,9 @@
 //! key, and it answered at that address), so it enters the table at once. A peer that only sends
 //! us a request is pinged back first, if its bucket has room: one-shot clients (`rust-node
 //! discover`) talk to us from ports that close a moment later, and must not sit in our buckets
-//! until a lookup times out on them. A peer that fails a request for a liveness reason (timeout, unreachable, another node at
-//! its address) leaves the table, and the bucket's most recent replacement moves up.
+//! until a lookup times out on them. A peer that fails a request for a liveness reason (timeout,
+//! unreachable, another node at its address) leaves the table, and the bucket's most recent
+//! replacement moves up.
 //!
 //! A peer's id is kept once: its address and round-trip time live in its table entry (in a
 //! bucket or a replacement cache), and the health bookkeeping (`health`) keeps only what the
@@ -261,15 +262,20 @@ impl Peers {
         self.health.probing(&id, until);
     }
 
-    /// How long to wait for `id`'s answer, at most `cap`.
-    pub(crate) fn timeout(&self, id: Option<&NodeId>, cap: Duration) -> Duration {
+    /// How long to wait for `id`'s answer, at most `cap`; with `stall`, also when a lookup
+    /// stops holding a slot for it (see `health`). One look at its round-trip time for both.
+    pub(crate) fn timeout(
+        &self,
+        id: Option<&NodeId>,
+        cap: Duration,
+        stall: bool,
+    ) -> (Duration, Option<Duration>) {
         let rtt = id.and_then(|id| self.rtt_of(id));
-        self.health.timeout(id, rtt, cap)
-    }
-
-    /// When a lookup stops holding a slot for `id`'s answer (see `health`).
-    pub(crate) fn stall_after(&self, id: &NodeId, timeout: Duration) -> Option<Duration> {
-        self.health.stall_after(self.rtt_of(id), timeout)
+        let timeout = self.health.timeout(id, rtt, cap);
+        let stall_after = (stall && id.is_some())
+            .then(|| self.health.stall_after(rtt, timeout))
+            .flatten();
+        (timeout, stall_after)
     }
 
     /// `id`'s smoothed round-trip time, if it answered and is still remembered.
@@ -432,7 +438,7 @@ mod tests {
         assert_eq!(ms(&p, c), Some(30), "let go of, still known");
         assert_eq!(ms(&p, a), None, "it failed its way out: forgotten");
         assert_eq!(
-            p.timeout(Some(&c), Duration::from_secs(2)),
+            p.timeout(Some(&c), Duration::from_secs(2), false).0,
             Duration::from_millis(100),
             "30 ms + 4 * 15 ms, at the floor"
         );
@@ -454,6 +460,8 @@ mod tests {
         assert_eq!(p.due_probes(Time::from_millis(5_000)), [dead]);
         assert!(!p.is_suspect(&dead, Time::from_millis(5_000)));
         assert!(p.failed_last(&dead), "not waited for by lookups");
-        assert!(p.timeout(Some(&dead), Duration::from_secs(2)) >= Duration::from_millis(200));
+        assert!(
+            p.timeout(Some(&dead), Duration::from_secs(2), false).0 >= Duration::from_millis(200)
+        );
     }
 }
