@@ -3,9 +3,10 @@
 //! Each node is the engine's [`Dht`] with a [`ProviderStore`] of its own: the same state
 //! machines the runtime drives over QUIC, driven here by a queue of timed deliveries instead of
 //! sockets and timers. Messages take a per-pair latency and may be lost; nodes join, crash and
-//! leave. Everything random comes from one seed, and simultaneous deliveries run in the order
-//! they were scheduled, so one seed gives one outcome: a test can assert exact figures, and
-//! thousands of virtual seconds cost milliseconds.
+//! leave. Everything random comes from one seed, and simultaneous deliveries run in an order
+//! that comes from the nodes that scheduled them, so one seed gives one outcome, on one thread or
+//! on several ([`SimConfig::threads`]): a test can assert exact figures, and thousands of
+//! virtual seconds cost milliseconds.
 //!
 //! Messages are passed as decoded [`Request`]/[`Response`] values (the codec has its own tests
 //! and fuzzing); a request to a crashed node, or a lost message, is simply never answered, and
@@ -26,33 +27,30 @@
 
 mod churn;
 mod link;
+mod parallel;
 mod queue;
 mod report;
 mod rng;
 mod scenario;
+mod shard;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
-use macula_dht::dht::{Action, Event, Outcome, Reply, Started};
+use macula_dht::dht::{Outcome, Started};
 use macula_dht::record::{service_key, Advertisement, Provider};
 use macula_dht::seal::Keypair;
-use macula_dht::wire::{NodeInfo, Request, Response};
-use macula_dht::{Dht, DhtConfig, NodeId, OpId, ProviderStore, RpcId, StoreLimits, Time};
+use macula_dht::wire::Request;
+use macula_dht::{Dht, DhtConfig, NodeId, OpId, ProviderStore, StoreLimits, Time};
 
-use queue::Queue;
+use shard::{Common, Shard};
 
 pub use churn::Sessions;
 pub use link::Links;
 pub use report::{quantile, sorted_quantile, NodeSample, ProviderSample, Report};
 pub use rng::Rng;
 pub use scenario::Scenario;
-
-/// Wake-ups of one node at one instant before the simulation calls it a livelock (a paused
-/// hand-off legitimately asks for a few: each step examines a chunk of keys).
-const MAX_WAKES_AT_ONCE: u32 = 10_000;
 
 /// Unix time of the virtual clock's origin: 2026-01-01.
 const UNIX_ORIGIN_US: u64 = 1_767_225_600_000_000;
@@ -68,6 +66,9 @@ pub struct SimConfig {
     pub store: StoreLimits,
     /// Round-trip times between pairs of nodes, and message loss.
     pub links: Links,
+    /// Threads that run the network side by side (each its share of the nodes): the outcome is
+    /// the same with any number; more are faster on a network with many deliveries at once.
+    pub threads: usize,
 }
 
 impl Default for SimConfig {
@@ -77,6 +78,7 @@ impl Default for SimConfig {
             dht: DhtConfig::default(),
             store: StoreLimits::default(),
             links: Links::default(),
+            threads: 1,
         }
     }
 }
@@ -93,6 +95,8 @@ pub struct SimNode {
     woken_at: (Time, u32),
     /// Withdrawals that must end before a leaving node goes.
     leaving: Option<Vec<OpId>>,
+    /// Deliveries it scheduled (messages and wake-ups): their order among simultaneous ones.
+    scheduled: u64,
 }
 
 impl SimNode {
@@ -128,65 +132,43 @@ pub struct NetStats {
     pub troubles: u64,
 }
 
-#[derive(Debug)]
-enum Delivery {
-    Request {
-        from: usize,
-        to: usize,
-        /// `None`: injected by a test, nobody waits for the answer.
-        rpc: Option<RpcId>,
-        request: Arc<Request>,
-    },
-    Reply {
-        from: usize,
-        to: usize,
-        rpc: RpcId,
-        response: Response,
-    },
-    Wake {
-        node: usize,
-    },
+impl std::ops::AddAssign for NetStats {
+    fn add_assign(&mut self, o: NetStats) {
+        self.requests += o.requests;
+        self.replies += o.replies;
+        self.lost += o.lost;
+        self.unanswered += o.unanswered;
+        self.peer_ups += o.peer_ups;
+        self.peer_downs += o.peer_downs;
+        self.lookups += o.lookups;
+        self.troubles += o.troubles;
+    }
 }
 
 /// The network: nodes, the virtual clock and what is on its way.
 #[derive(Debug)]
 pub struct Network {
-    config: SimConfig,
+    common: Common,
     now: Time,
     rng: Rng,
-    nodes: Vec<SimNode>,
-    /// Each node's id, and the wake-up scheduled for it, if any (others in the queue are
-    /// stale): what each delivery reads of nodes it does not otherwise touch, packed apart from
-    /// the nodes' state.
-    ids: Vec<NodeId>,
-    wakes: Vec<Option<Time>>,
-    queue: Queue<Delivery>,
-    /// Order of scheduling: what is due at the same time is delivered in this order.
-    seq: u64,
-    outcomes: BTreeMap<(usize, OpId), Outcome>,
-    /// Pairs of nodes whose messages to each other are lost (a partition), lower index first.
-    cuts: BTreeSet<(usize, usize)>,
-    /// Commands that ended while `discover_many` waits (`None` otherwise).
-    ended: Option<Vec<(usize, OpId)>>,
-    stats: NetStats,
+    /// The nodes and their deliveries, in [`SimConfig::threads`] shards.
+    shards: Vec<Shard>,
 }
 
 impl Network {
     /// An empty network at virtual time 1 s.
     pub fn new(config: SimConfig) -> Network {
+        let shards = config.threads.max(1);
         Network {
             rng: Rng::new(config.seed),
-            config,
+            common: Common {
+                config,
+                ids: Vec::new(),
+                cuts: BTreeSet::new(),
+                shards,
+            },
             now: Time::from_millis(1_000),
-            nodes: Vec::new(),
-            ids: Vec::new(),
-            wakes: Vec::new(),
-            queue: Queue::new(),
-            seq: 0,
-            outcomes: BTreeMap::new(),
-            cuts: BTreeSet::new(),
-            ended: None,
-            stats: NetStats::default(),
+            shards: (0..shards).map(|_| Shard::new(shards)).collect(),
         }
     }
 
@@ -197,36 +179,47 @@ impl Network {
 
     /// What crossed the network so far.
     pub fn stats(&self) -> NetStats {
-        self.stats
+        let mut stats = NetStats::default();
+        for shard in &self.shards {
+            stats += shard.stats;
+        }
+        stats
     }
 
-    /// Every node ever added, by index (crashed ones included).
-    pub fn nodes(&self) -> &[SimNode] {
-        &self.nodes
+    /// Nodes ever added (crashed ones included).
+    pub fn len(&self) -> usize {
+        self.common.ids.len()
+    }
+
+    /// Whether no node was ever added.
+    pub fn is_empty(&self) -> bool {
+        self.common.ids.is_empty()
     }
 
     /// The nodes, the rest of the network dropped: what they hold is then all that is left
-    /// of it (a measure of memory per node).
+    /// of it (a measure of memory per node). In no particular order.
     pub fn into_nodes(self) -> Vec<SimNode> {
-        self.nodes
+        self.shards
+            .into_iter()
+            .flat_map(Shard::into_nodes)
+            .collect()
     }
 
     /// Node `i`.
     pub fn node(&self, i: usize) -> &SimNode {
-        &self.nodes[i]
+        self.shard(i).node(i, &self.common)
     }
 
-    /// Every node, to drive one directly (what it asks for is not carried out: use
+    /// Node `i`, to drive it directly (what it asks for is not carried out: use
     /// [`Network::command`] for that).
-    pub fn nodes_mut(&mut self) -> &mut [SimNode] {
-        &mut self.nodes
+    pub fn node_mut(&mut self, i: usize) -> &mut SimNode {
+        let shard = self.common.shard_of(i);
+        self.shards[shard].node_mut(i, &self.common)
     }
 
     /// Indices of the nodes that run.
     pub fn alive(&self) -> Vec<usize> {
-        (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].alive)
-            .collect()
+        (0..self.len()).filter(|&i| self.node(i).alive).collect()
     }
 
     /// The network's random source (for a test's own choices, so they replay too).
@@ -254,22 +247,24 @@ impl Network {
         let seed = self.rng.next_u64();
         let dht = Dht::new(
             keypair,
-            self.config.dht.clone(),
+            self.common.config.dht.clone(),
             self.now,
             UNIX_ORIGIN_US + self.now.as_micros(),
             seed,
         )
         .expect("the simulation's DhtConfig is valid");
-        self.ids.push(dht.id());
-        self.wakes.push(None);
-        self.nodes.push(SimNode {
+        let i = self.len();
+        self.common.ids.push(dht.id());
+        let node = SimNode {
             dht,
-            store: ProviderStore::new(self.config.store.clone()),
+            store: ProviderStore::new(self.common.config.store.clone()),
             alive: true,
             woken_at: (Time::ZERO, 0),
             leaving: None,
-        });
-        let i = self.nodes.len() - 1;
+            scheduled: 0,
+        };
+        let shard = self.common.shard_of(i);
+        self.shards[shard].push(i, node, &self.common);
         self.after_input(i);
         i
     }
@@ -284,31 +279,26 @@ impl Network {
     /// Node `i` stops at once: it answers nothing more and its state is kept only for
     /// inspection.
     pub fn crash(&mut self, i: usize) {
-        self.nodes[i].alive = false;
-        self.wakes[i] = None;
+        let shard = self.common.shard_of(i);
+        self.shards[shard].crash(i, &self.common);
     }
 
     /// From now on, every message between `a` and `b` is lost, until [`Network::heal`].
     pub fn cut(&mut self, a: usize, b: usize) {
-        self.cuts.insert((a.min(b), a.max(b)));
+        self.common.cuts.insert((a.min(b), a.max(b)));
     }
 
     /// Messages between `a` and `b` get through again.
     pub fn heal(&mut self, a: usize, b: usize) {
-        self.cuts.remove(&(a.min(b), a.max(b)));
+        self.common.cuts.remove(&(a.min(b), a.max(b)));
     }
 
     /// Delivers `request` to node `to` as if node `from` had sent it (its answer goes nowhere):
     /// for tests of what a node does with a request a peer may send at any time.
     pub fn inject(&mut self, from: usize, to: usize, request: Request) {
-        self.seq += 1;
-        let delivery = Delivery::Request {
-            from,
-            to,
-            rpc: None,
-            request: Arc::new(request),
-        };
-        self.queue.push(self.now, self.seq, delivery);
+        let (sender, receiver) = (self.common.shard_of(from), self.common.shard_of(to));
+        let order = self.shards[sender].order(from, &self.common);
+        self.shards[receiver].inject(self.now, order, from, to, request);
     }
 
     /// The running nodes that hold a live provider under `key`.
@@ -316,7 +306,7 @@ impl Network {
         let now_ms = self.now.as_millis();
         self.alive()
             .into_iter()
-            .filter(|&i| self.nodes[i].store.providers(key, now_ms).next().is_some())
+            .filter(|&i| self.node(i).store.providers(key, now_ms).next().is_some())
             .collect()
     }
 
@@ -325,14 +315,14 @@ impl Network {
     pub fn closest_alive(&self, key: &[u8], k: usize) -> Vec<usize> {
         let target = NodeId::normalize(key);
         let mut alive = self.alive();
-        alive.sort_by_key(|&i| self.nodes[i].id().distance(&target));
+        alive.sort_by_key(|&i| self.common.ids[i].distance(&target));
         alive.truncate(k);
         alive
     }
 
     /// Node `i` withdraws every service it advertises and goes once those withdrawals ended.
     pub fn leave(&mut self, i: usize) {
-        let services = self.nodes[i].dht.status().adverts;
+        let services = self.node(i).dht.status().adverts;
         let mut ops = Vec::new();
         for service in services {
             if let Ok(op) = self.command(i, |dht, store, now| dht.withdraw(store, &service, now)) {
@@ -342,7 +332,7 @@ impl Network {
         if ops.is_empty() {
             self.crash(i);
         } else {
-            self.nodes[i].leaving = Some(ops);
+            self.node_mut(i).leaving = Some(ops);
         }
     }
 
@@ -353,7 +343,7 @@ impl Network {
         command: impl FnOnce(&mut Dht, &mut ProviderStore, Time) -> R,
     ) -> R {
         let now = self.now;
-        let node = &mut self.nodes[i];
+        let node = self.node_mut(i);
         let result = command(&mut node.dht, &mut node.store, now);
         self.after_input(i);
         result
@@ -361,7 +351,7 @@ impl Network {
 
     /// The outcome of node `i`'s command `op`, once it ended (taken: a second call gives `None`).
     pub fn outcome(&mut self, i: usize, op: OpId) -> Option<Outcome> {
-        self.outcomes.remove(&(i, op))
+        self.shard_mut(i).outcomes.remove(&(i, op))
     }
 
     /// Runs a command on node `i` and the network until it ends (or `within` passed).
@@ -373,11 +363,10 @@ impl Network {
     ) -> Option<Outcome> {
         let op = self.command(i, command);
         let deadline = self.now + within;
-        while !self.outcomes.contains_key(&(i, op)) {
-            let Some(next) = self.next_at().filter(|at| *at <= deadline) else {
+        while !self.shard(i).outcomes.contains_key(&(i, op)) {
+            if !self.step_until(deadline) {
                 break;
-            };
-            self.step(next);
+            }
         }
         self.outcome(i, op)
     }
@@ -454,28 +443,30 @@ impl Network {
         let mut running = Vec::new();
         for (at, &(i, service, want)) in queries.iter().enumerate() {
             let key = service_key(service);
-            let node = &mut self.nodes[i];
+            let node = self.node_mut(i);
             match node.dht.providers(&mut node.store, &key, want, now) {
                 Started::Done(held) => answers[at] = Some(held),
                 Started::Running(op) => running.push((at, i, op)),
             }
             self.after_input(i);
         }
-        let within = self.config.dht.lookup_timeout + self.config.dht.request_timeout;
-        let deadline = self.now + within;
+        let dht = &self.common.config.dht;
+        let deadline = self.now + dht.lookup_timeout + dht.request_timeout;
         let mut pending: BTreeSet<(usize, OpId)> =
             running.iter().map(|(_, i, op)| (*i, *op)).collect();
-        self.ended = Some(Vec::new());
-        while !pending.is_empty() {
-            let Some(next) = self.next_at().filter(|at| *at <= deadline) else {
-                break;
-            };
-            self.step(next);
-            for ended in self.ended.iter_mut().flat_map(|e| e.drain(..)) {
-                pending.remove(&ended);
+        for shard in &mut self.shards {
+            shard.ended = Some(Vec::new());
+        }
+        while !pending.is_empty() && self.step_until(deadline) {
+            for shard in &mut self.shards {
+                for ended in shard.ended.iter_mut().flat_map(|e| e.drain(..)) {
+                    pending.remove(&ended);
+                }
             }
         }
-        self.ended = None;
+        for shard in &mut self.shards {
+            shard.ended = None;
+        }
         for (at, i, op) in running {
             if let Some(Outcome::Lookup(report)) = self.outcome(i, op) {
                 answers[at] = Some(report.providers);
@@ -487,180 +478,57 @@ impl Network {
     /// Runs the network for `d` of virtual time.
     pub fn run_for(&mut self, d: Duration) {
         let until = self.now + d;
-        while let Some(next) = self.next_at().filter(|at| *at <= until) {
-            self.step(next);
+        let lookahead = self.common.config.links.shortest_rtt() / 2;
+        if self.shards.len() > 1 && lookahead >= Duration::from_micros(1) {
+            parallel::run(&mut self.shards, &self.common, lookahead, until);
+        } else {
+            while self.step_until(until) {}
         }
         self.now = until;
     }
 
-    fn next_at(&self) -> Option<Time> {
-        self.queue.next_at()
+    /// Delivers the first thing due, if it is due by `until`; false when nothing is.
+    fn step_until(&mut self, until: Time) -> bool {
+        let first = (0..self.shards.len())
+            .filter_map(|s| self.shards[s].next_key().map(|key| (key, s)))
+            .min();
+        let Some((key, s)) = first.filter(|(key, _)| (key >> 64) as u64 <= until.as_micros())
+        else {
+            return false;
+        };
+        self.now = Time::from_micros((key >> 64) as u64).max(self.now);
+        self.shards[s].step(&self.common);
+        self.hand_over();
+        true
     }
 
-    /// Delivers the next scheduled thing, at `at`.
-    fn step(&mut self, at: Time) {
-        let Some((due, delivery)) = self.queue.pop() else {
-            return;
-        };
-        self.now = at.max(self.now);
-        match delivery {
-            Delivery::Request {
-                from,
-                to,
-                rpc,
-                request,
-            } => self.deliver_request(from, to, rpc, request),
-            Delivery::Reply {
-                from,
-                to,
-                rpc,
-                response,
-            } => {
-                if self.nodes[to].alive {
-                    let from = self.ids[from];
-                    let now = self.now;
-                    let node = &mut self.nodes[to];
-                    let reply = Reply::Answered {
-                        from,
-                        response: Ok(response),
-                    };
-                    node.dht.handle_reply(&mut node.store, rpc, reply, now);
-                    self.after_input(to);
-                }
-            }
-            Delivery::Wake { node } => {
-                if self.wakes[node] == Some(due) && self.nodes[node].alive {
-                    self.wakes[node] = None;
-                    let n = &mut self.nodes[node];
-                    n.woken_at = match n.woken_at {
-                        (at, count) if at == due => (at, count + 1),
-                        _ => (due, 1),
-                    };
-                    assert!(
-                        n.woken_at.1 < MAX_WAKES_AT_ONCE,
-                        "node {node} asks to be woken at {due:?} again and again: a deadline that does not move on",
-                    );
-                    n.dht.handle_timeout(&mut n.store, due);
-                    self.after_input(node);
-                }
-            }
-        }
-    }
-
-    fn deliver_request(
-        &mut self,
-        from: usize,
-        to: usize,
-        rpc: Option<RpcId>,
-        request: Arc<Request>,
-    ) {
-        if !self.nodes[to].alive {
-            self.stats.unanswered += 1;
-            return;
-        }
-        let sender = NodeInfo {
-            id: self.ids[from],
-            addr: addr_of(from),
-        };
-        let now = self.now;
-        let node = &mut self.nodes[to];
-        let request = Arc::try_unwrap(request).unwrap_or_else(|shared| (*shared).clone());
-        let response = node
-            .dht
-            .handle_request(&mut node.store, sender, request, now);
-        self.after_input(to);
-        let Some(rpc) = rpc else {
-            return;
-        };
-        self.stats.replies += 1;
-        let reply = Delivery::Reply {
-            from: to,
-            to: from,
-            rpc,
-            response,
-        };
-        self.transmit(to, from, reply);
-    }
-
-    /// Schedules a message from `from` to `to` after their one-way latency, unless it is lost.
-    fn transmit(&mut self, from: usize, to: usize, delivery: Delivery) {
-        if self.config.links.lost(&mut self.rng)
-            || self.cuts.contains(&(from.min(to), from.max(to)))
-        {
-            self.stats.lost += 1;
-            return;
-        }
-        let at = self.now + self.config.links.rtt(self.config.seed, from, to) / 2;
-        self.seq += 1;
-        self.queue.push(at, self.seq, delivery);
-    }
-
-    /// Carries out what node `i` asks for after an input, and schedules its next wake-up.
+    /// Carries out what node `i` asks for after a command.
     fn after_input(&mut self, i: usize) {
-        while let Some(action) = self.nodes[i].dht.poll_action() {
-            match action {
-                Action::Send(out) => {
-                    self.stats.requests += 1;
-                    let Some(to) = index_of(out.addr).filter(|&to| to < self.nodes.len()) else {
-                        continue; // nobody there: it times out
-                    };
-                    let request = Delivery::Request {
-                        from: i,
-                        to,
-                        rpc: Some(out.rpc),
-                        request: out.request,
-                    };
-                    self.transmit(i, to, request);
+        let now = self.now;
+        let shard = self.common.shard_of(i);
+        self.shards[shard].after_input(i, now, &self.common);
+        self.hand_over();
+    }
+
+    /// Queues what the shards sent the nodes of other shards.
+    fn hand_over(&mut self) {
+        for from in 0..self.shards.len() {
+            for to in 0..self.shards.len() {
+                let letters = std::mem::take(&mut self.shards[from].outbox[to]);
+                if !letters.is_empty() {
+                    self.shards[to].receive(letters);
                 }
-                // The reply, when it comes, is ignored by the engine.
-                Action::Cancel(_) => {}
-                Action::Event(event) => self.count(&event),
-                Action::Done(op, outcome) => {
-                    self.outcomes.insert((i, op), outcome);
-                    if let Some(ended) = self.ended.as_mut() {
-                        ended.push((i, op));
-                    }
-                    self.settle_leaving(i, op);
-                }
-            }
-        }
-        let node = &self.nodes[i];
-        if !node.alive {
-            return;
-        }
-        let wake = node.dht.poll_timeout();
-        if wake != self.wakes[i] {
-            self.wakes[i] = wake;
-            if let Some(at) = wake {
-                self.seq += 1;
-                let at = at.max(self.now);
-                self.queue.push(at, self.seq, Delivery::Wake { node: i });
             }
         }
     }
 
-    fn count(&mut self, event: &Event) {
-        let stats = &mut self.stats;
-        match event {
-            Event::PeerUp(_) => stats.peer_ups += 1,
-            Event::PeerDown(_) => stats.peer_downs += 1,
-            Event::Lookup(_) => stats.lookups += 1,
-            Event::Trouble(_) => stats.troubles += 1,
-            _ => {}
-        }
+    fn shard(&self, i: usize) -> &Shard {
+        &self.shards[self.common.shard_of(i)]
     }
 
-    /// A leaving node goes once its last withdrawal ended.
-    fn settle_leaving(&mut self, i: usize, op: OpId) {
-        let Some(ops) = self.nodes[i].leaving.as_mut() else {
-            return;
-        };
-        ops.retain(|o| *o != op);
-        if ops.is_empty() {
-            self.nodes[i].leaving = None;
-            self.outcomes.retain(|(node, _), _| *node != i);
-            self.crash(i);
-        }
+    fn shard_mut(&mut self, i: usize) -> &mut Shard {
+        let shard = self.common.shard_of(i);
+        &mut self.shards[shard]
     }
 }
 

@@ -1,5 +1,5 @@
 //! The queue of timed deliveries: what is due first comes out first, and what is due at the same
-//! time comes out in the order it was scheduled.
+//! time comes out by the order given with it.
 //!
 //! A simulation never schedules into the past, so the times that go in never fall below the last
 //! one taken out: a radix heap over milliseconds fits (Ahuja, Mehlhorn, Orlin and Tarjan). A push
@@ -39,8 +39,9 @@ impl<T> Queue<T> {
         }
     }
 
-    /// Queues `item`, due at `at`, scheduled `seq`-th (each `seq` greater than the last). A time
-    /// before the last one taken out counts as that time: the queue never goes back.
+    /// Queues `item`, due at `at`, in order `seq` among what is due at that time (each `seq`
+    /// given once). A time before the last one taken out counts as that time: the queue never
+    /// goes back.
     pub(crate) fn push(&mut self, at: Time, seq: u64, item: T) {
         let at = at.as_micros().max(self.floor);
         let key = (u128::from(at) << 64) | u128::from(seq);
@@ -56,15 +57,20 @@ impl<T> Queue<T> {
     /// When the first delivery is due. (It does not settle the queue: until a pop, a delivery
     /// may still be scheduled before that one.)
     pub(crate) fn next_at(&self) -> Option<Time> {
-        let first = match self.buckets[0].last() {
-            Some((key, _)) => *key,
-            None if self.occupied == 0 => return None,
+        self.next_key()
+            .map(|key| Time::from_micros((key >> 64) as u64))
+    }
+
+    /// The key of the first delivery: its time above, its order of scheduling below.
+    pub(crate) fn next_key(&self) -> Option<u128> {
+        match self.buckets[0].last() {
+            Some((key, _)) => Some(*key),
+            None if self.occupied == 0 => None,
             None => {
                 let nearest = self.occupied.trailing_zeros() as usize + 1;
-                self.buckets[nearest].iter().map(|(key, _)| *key).min()?
+                self.buckets[nearest].iter().map(|(key, _)| *key).min()
             }
-        };
-        Some(Time::from_micros((first >> 64) as u64))
+        }
     }
 
     /// The first delivery and when it is due.

@@ -25,7 +25,7 @@ impl Rng {
 
     /// Uniform in `[0, 1)`.
     pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        unit(self.next_u64())
     }
 
     /// A random node id.
@@ -48,6 +48,11 @@ impl Rng {
         pool.truncate(k);
         pool
     }
+}
+
+/// Uniform in `[0, 1)` from 64 random bits.
+pub(crate) fn unit(bits: u64) -> f64 {
+    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// The SplitMix64 finaliser: a good 64-bit hash of `z`.

@@ -57,6 +57,8 @@ pub struct Scenario {
     pub provider_lookups: usize,
     /// Node lookups in the period.
     pub node_lookups: usize,
+    /// Threads that run the network ([`SimConfig::threads`]: the report does not depend on it).
+    pub threads: usize,
 }
 
 impl Scenario {
@@ -87,6 +89,7 @@ impl Scenario {
             period: Duration::from_secs(600),
             provider_lookups: 1_000,
             node_lookups: 200,
+            threads: 1,
         }
     }
 
@@ -170,6 +173,7 @@ impl<'a> Run<'a> {
             seed: scenario.seed,
             dht: scenario.dht.clone(),
             links: scenario.links.clone(),
+            threads: scenario.threads,
             ..SimConfig::default()
         });
         Run {

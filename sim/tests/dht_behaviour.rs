@@ -676,7 +676,7 @@ fn answers_to_a_client_come_from_local_data_only() {
     let holder = without(net.holders(&key), nodes[0])[0];
     let lookups_before = net.node(holder).dht.status().stats.lookups;
     let now = net.now();
-    let node = &mut net.nodes_mut()[holder];
+    let node = net.node_mut(holder);
     let Started::Done(held) = node.dht.providers(&mut node.store, &key, 1, now) else {
         panic!("a holder answers from its store");
     };
@@ -685,10 +685,11 @@ fn answers_to_a_client_come_from_local_data_only() {
 }
 
 #[test]
-fn one_seed_gives_one_outcome() {
-    let run = || {
+fn one_seed_gives_one_outcome_on_one_thread_or_several() {
+    let run = |threads| {
         let mut config = config(4);
         config.links.loss = 0.02;
+        config.threads = threads;
         let (mut net, nodes) = network(config, 40);
         net.advertise(nodes[1], "a", "https://a:1", 60);
         net.crash(nodes[2]);
@@ -700,7 +701,10 @@ fn one_seed_gives_one_outcome() {
             .collect();
         (net.stats(), peers, net.holders(&service_key("a")))
     };
-    assert_eq!(run(), run());
+    let one = run(1);
+    assert_eq!(one, run(1));
+    assert_eq!(one, run(2), "two threads, as one");
+    assert_eq!(one, run(3), "three threads, as one");
 }
 
 #[test]

@@ -50,7 +50,7 @@ fn main() {
 
     let mut rows = Vec::new();
     if selected("1k_static_and_churn") {
-        let m = measure(&Scenario::new("sim_1k_static", SEED, 1_000));
+        let m = measure(&scenario("sim_1k_static", 1_000));
         rows.push(row(
             "sim_1k_static_success_pct",
             "%",
@@ -73,7 +73,7 @@ fn main() {
         }
     }
     if selected("10k_static") {
-        let m = measure(&Scenario::new("sim_10k_static", SEED, 10_000));
+        let m = measure(&scenario("sim_10k_static", 10_000));
         let r = &m.report;
         rows.push(row("sim_10k_static_success_pct", "%", r.success_all_pct()));
         hop_rows(&mut rows, "sim_10k", r);
@@ -125,7 +125,7 @@ fn main() {
         rows.push(row("sim_10k_churn_wall_s", "s", m.wall.as_secs_f64()));
     }
     if selected("100k") {
-        let m = measure(&Scenario::new("sim_100k_static", SEED, 100_000));
+        let m = measure(&scenario("sim_100k_static", 100_000));
         let r = &m.report;
         rows.push(row("sim_100k_static_success_pct", "%", r.success_all_pct()));
         hop_rows(&mut rows, "sim_100k", r);
@@ -202,6 +202,20 @@ fn churn_scenario(name: &str, nodes: usize, median_min: u64, period: Duration) -
         // 30 provider and 6 node lookups a minute, at least 1 000 and 200.
         provider_lookups: (minutes as usize * 30).max(1_000),
         node_lookups: (minutes as usize * 6).max(200),
+        ..scenario(name, nodes)
+    }
+}
+
+/// The scenario of `nodes` nodes, run on every core (or `SCALE_THREADS` threads): the report is
+/// the same with any number.
+fn scenario(name: &str, nodes: usize) -> Scenario {
+    let threads = std::env::var("SCALE_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .or_else(|| std::thread::available_parallelism().ok().map(Into::into))
+        .unwrap_or(1);
+    Scenario {
+        threads,
         ..Scenario::new(name, SEED, nodes)
     }
 }
@@ -230,7 +244,7 @@ fn measure(scenario: &Scenario) -> Measured {
     let with_nodes = memory::in_use();
     let count = nodes.len();
     drop(nodes);
-    let bytes_per_node = with_nodes.saturating_sub(memory::in_use()) as f64 / count as f64;
+    let bytes_per_node = (with_nodes - memory::in_use()) as f64 / count as f64;
     eprintln!(
         "{}: {:.1} s wall, {:.0} B/node, {}, full p50 {:.2} RTTs, {:?}",
         report.name,

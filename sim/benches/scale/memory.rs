@@ -1,19 +1,31 @@
 //! Heap bytes in use, counted by a global allocator wrapped around the system one.
+//!
+//! Each thread counts what it allocates and frees, so that the threads running a network do not
+//! contend for one counter. What a network holds is measured on one thread, as the bytes that
+//! dropping it there frees: memory allocated on other threads and freed on this one counts too.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 /// The system allocator, counting the bytes it holds for the program.
 pub struct Counting;
 
-static IN_USE: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    /// Bytes this thread allocated less those it freed (negative when it freed others').
+    static IN_USE: Cell<isize> = const { Cell::new(0) };
+}
+
+fn add(bytes: usize, sign: isize) {
+    // A thread being torn down may free after its counter is gone: that is not counted.
+    let _ = IN_USE.try_with(|c| c.set(c.get() + sign * bytes as isize));
+}
 
 // SAFETY: every call is passed on to the system allocator unchanged; only a counter is kept.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
-            IN_USE.fetch_add(layout.size(), Ordering::Relaxed);
+            add(layout.size(), 1);
         }
         p
     }
@@ -21,27 +33,28 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
-            IN_USE.fetch_add(layout.size(), Ordering::Relaxed);
+            add(layout.size(), 1);
         }
         p
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         unsafe { System.dealloc(ptr, layout) };
-        IN_USE.fetch_sub(layout.size(), Ordering::Relaxed);
+        add(layout.size(), -1);
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            IN_USE.fetch_sub(layout.size(), Ordering::Relaxed);
-            IN_USE.fetch_add(new_size, Ordering::Relaxed);
+            add(layout.size(), -1);
+            add(new_size, 1);
         }
         p
     }
 }
 
-/// Heap bytes the program holds now.
-pub fn in_use() -> usize {
-    IN_USE.load(Ordering::Relaxed)
+/// Bytes this thread allocated less those it freed, so far: the difference between two
+/// readings is what the thread allocated (or freed) in between.
+pub fn in_use() -> isize {
+    IN_USE.with(Cell::get)
 }
