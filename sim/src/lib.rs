@@ -36,6 +36,7 @@ mod shard;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use macula_dht::dht::{Outcome, Started};
@@ -44,6 +45,7 @@ use macula_dht::seal::Keypair;
 use macula_dht::wire::Request;
 use macula_dht::{Dht, DhtConfig, NodeId, OpId, ProviderStore, StoreLimits, Time};
 
+use parallel::Crew;
 use shard::{Common, Shard};
 
 pub use churn::Sessions;
@@ -148,11 +150,14 @@ impl std::ops::AddAssign for NetStats {
 /// The network: nodes, the virtual clock and what is on its way.
 #[derive(Debug)]
 pub struct Network {
-    common: Common,
+    /// Lent to the crew's threads while they run (`common_mut` between runs).
+    common: Arc<Common>,
     now: Time,
     rng: Rng,
     /// The nodes and their deliveries, in [`SimConfig::threads`] shards.
     shards: Vec<Shard>,
+    /// The threads that run the shards after the first, if there are several.
+    crew: Option<Crew>,
 }
 
 impl Network {
@@ -161,14 +166,15 @@ impl Network {
         let shards = config.threads.max(1);
         Network {
             rng: Rng::new(config.seed),
-            common: Common {
+            common: Arc::new(Common {
                 config,
                 ids: Vec::new(),
                 cuts: BTreeSet::new(),
                 shards,
-            },
+            }),
             now: Time::from_millis(1_000),
             shards: (0..shards).map(|_| Shard::new(shards)).collect(),
+            crew: (shards > 1).then(|| Crew::new(shards)),
         }
     }
 
@@ -254,7 +260,7 @@ impl Network {
         )
         .expect("the simulation's DhtConfig is valid");
         let i = self.len();
-        self.common.ids.push(dht.id());
+        self.common_mut().ids.push(dht.id());
         let node = SimNode {
             dht,
             store: ProviderStore::new(self.common.config.store.clone()),
@@ -285,12 +291,12 @@ impl Network {
 
     /// From now on, every message between `a` and `b` is lost, until [`Network::heal`].
     pub fn cut(&mut self, a: usize, b: usize) {
-        self.common.cuts.insert((a.min(b), a.max(b)));
+        self.common_mut().cuts.insert((a.min(b), a.max(b)));
     }
 
     /// Messages between `a` and `b` get through again.
     pub fn heal(&mut self, a: usize, b: usize) {
-        self.common.cuts.remove(&(a.min(b), a.max(b)));
+        self.common_mut().cuts.remove(&(a.min(b), a.max(b)));
     }
 
     /// Delivers `request` to node `to` as if node `from` had sent it (its answer goes nowhere):
@@ -479,10 +485,11 @@ impl Network {
     pub fn run_for(&mut self, d: Duration) {
         let until = self.now + d;
         let lookahead = self.common.config.links.shortest_rtt() / 2;
-        if self.shards.len() > 1 && lookahead >= Duration::from_micros(1) {
-            parallel::run(&mut self.shards, &self.common, lookahead, until);
-        } else {
-            while self.step_until(until) {}
+        match &self.crew {
+            Some(crew) if lookahead >= Duration::from_micros(1) => {
+                crew.run(&mut self.shards, &self.common, lookahead, until);
+            }
+            _ => while self.step_until(until) {},
         }
         self.now = until;
     }
@@ -520,6 +527,10 @@ impl Network {
                 }
             }
         }
+    }
+
+    fn common_mut(&mut self) -> &mut Common {
+        Arc::get_mut(&mut self.common).expect("the crew gives it back at the end of each run")
     }
 
     fn shard(&self, i: usize) -> &Shard {
