@@ -5,7 +5,7 @@
 //! one taken out: a radix heap over milliseconds fits (Ahuja, Mehlhorn, Orlin and Tarjan). A push
 //! appends to one of 65 buckets, by the highest bit in which its millisecond differs from the last
 //! one taken out; a pop empties the nearest bucket into nearer ones, and the deliveries of the
-//! millisecond due next are sorted once, by time and order of scheduling. A binary heap of the
+//! millisecond due next are sorted once, by time and the order given. A binary heap of the
 //! deliveries spent a seventh of a 10 000-node run moving them up and down its levels.
 
 use macula_dht::Time;
@@ -61,7 +61,7 @@ impl<T> Queue<T> {
             .map(|key| Time::from_micros((key >> 64) as u64))
     }
 
-    /// The key of the first delivery: its time above, its order of scheduling below.
+    /// The key of the first delivery: its time above, the order given with it below.
     pub(crate) fn next_key(&self) -> Option<u128> {
         match self.buckets[0].last() {
             Some((key, _)) => Some(*key),
